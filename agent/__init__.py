@@ -1,0 +1,1 @@
+"""Who decides, and the CLI and tracking around it."""

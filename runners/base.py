@@ -1,0 +1,97 @@
+"""What every runtime implements, and the live candidate it is handed.
+
+One module per runtime (``onnxruntime.py``, ``torch.py``, ``tensorrt.py``) implements
+:class:`Runtime`; each imports its heavy library inside functions so that ``import runners``
+never imports TensorRT or initialises CUDA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class RuntimeUnavailableError(RuntimeError):
+    """The runtime cannot run here (no GPU, library missing); the message says why."""
+
+
+class UnsupportedPrecisionError(ValueError):
+    """A strategy asks a runtime for a precision it does not run."""
+
+
+@dataclass
+class Candidate:
+    """A built model about to be compiled and measured (a live object, not a record).
+
+    ``model`` already carries every structural transform (prune, skip, low-rank); precision is
+    applied by the runtime when it compiles, because quantization is a property of the deployed
+    graph, not of the PyTorch module.
+    """
+
+    model: nn.Module
+    """The transformed model, eval mode, on CPU."""
+    example_input: torch.Tensor
+    """One input with batch size 1 (export shapes; the batch axis is exported dynamic)."""
+    precisions: dict[str, str] = field(default_factory=dict)
+    """Module path -> precision (``"int8"``, ``"fp16"``) for every module not run in fp32.
+    A path covers its submodules (``"layer1.0"`` covers ``"layer1.0.conv1"``)."""
+    calibration: torch.Tensor | None = None
+    """Inputs for static-quantization calibration (required when any precision is int8)."""
+
+
+@runtime_checkable
+class Compiled(Protocol):
+    """A candidate compiled for one runtime, ready to run."""
+
+    runtime: str
+    size_bytes: int
+    """Serialized size of what would be deployed (ONNX file, engine, state dict)."""
+    info: dict[str, object]
+    """Facts a reader needs to trust a measurement: threads, provider, library versions."""
+
+    def run(self, inputs: np.ndarray) -> np.ndarray:
+        """Run a batch (any batch size) and return the first output as float32."""
+        ...
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """A deployment runtime that compiles candidates and runs them."""
+
+    name: str
+    precisions: frozenset[str]
+    """Precisions this runtime executes (always includes ``"fp32"``)."""
+
+    def unavailable_reason(self) -> str | None:
+        """``None`` when this runtime can run here, else a one-line reason."""
+        ...
+
+    def compile(self, candidate: Candidate, workdir: Path) -> Compiled:
+        """Export/quantize/build ``candidate`` (files under ``workdir``) and return it ready."""
+        ...
+
+
+def module_of_onnx_node(node_name: str) -> str:
+    """Module path of a node named by the TorchScript ONNX exporter.
+
+    The exporter scopes names by module, the last scope being the full path:
+    ``/layer1/layer1.0/conv1/Conv`` -> ``layer1.0.conv1``; top-level ops (``/Relu``) -> ``""``.
+    """
+    parts = node_name.strip("/").split("/")
+    return parts[-2] if len(parts) >= 2 else ""
+
+
+def covered_by(module_path: str, prefixes: dict[str, str] | set[str] | list[str]) -> str | None:
+    """The longest entry of ``prefixes`` that is ``module_path`` or one of its ancestors."""
+    best: str | None = None
+    for prefix in prefixes:
+        if (
+            module_path == prefix or module_path.startswith(prefix + ".") or prefix == ""
+        ) and (best is None or len(prefix) > len(best)):
+            best = prefix
+    return best

@@ -1,0 +1,199 @@
+"""Measure a strategy for real: build, compile for the runtime, time it, score it.
+
+The records here (`Measurement`, `EvalResult`) are frozen values: what gets cached, tracked and
+reported. The live objects (`Subject`, `Candidate`, compiled sessions) never leave this module.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from runners.base import covered_by
+from runners.build import BuildConfig, Subject, build_candidate
+from runners.latency import LatencyConfig, LatencyStats, measure_compiled
+from search_spaces import Strategy
+
+#: Ideal throughput of each precision relative to fp32, for the FLOP-ideal speedup.
+PRECISION_COST = {"fp32": 1.0, "fp16": 0.5, "int8": 0.25}
+
+
+class EvaluationError(RuntimeError):
+    """A candidate built but produced unusable results (NaN/inf outputs or metric)."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How candidates are measured."""
+
+    runtime: str = "onnxruntime-cpu"
+    """Runtime name (``layerpilot runtimes`` lists them)."""
+    threads: int = 1
+    """Intra-op threads of the runtime; fixed and recorded (1 = one core per measurement)."""
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+    """The timing protocol (warm-up, rounds, stability rule, batch size)."""
+    build: BuildConfig = field(default_factory=BuildConfig)
+    """How candidates are built (BatchNorm re-estimation, calibration size)."""
+    eval_batch_size: int = 256
+    """Batch size for the accuracy pass over the eval split (does not affect latency)."""
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one strategy measured on one runtime."""
+
+    accuracy: float
+    latency: LatencyStats
+    flops: int
+    """FLOPs of one batch-1 forward (2 × MACs of convs/matmuls)."""
+    weighted_flops: float
+    """FLOPs weighted by each module's precision cost (int8 = ¼): the ideal cost."""
+    params: int
+    size_bytes: int
+    info: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """A strategy's measurement next to the unchanged model's, on the same runtime and run."""
+
+    workload: str
+    strategy: Strategy
+    runtime: str
+    candidate: Measurement
+    baseline: Measurement
+
+    @property
+    def speedup(self) -> float:
+        return self.baseline.latency.median_ms / self.candidate.latency.median_ms
+
+    @property
+    def ideal_speedup(self) -> float:
+        return self.baseline.weighted_flops / max(self.candidate.weighted_flops, 1.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Stable, JSON-ready keys (the ``--json`` output and the tracked metrics)."""
+        c, b = self.candidate, self.baseline
+        return {
+            "workload": self.workload,
+            "runtime": self.runtime,
+            "strategy": self.strategy.to_dict(),
+            "strategy_key": self.strategy.key(),
+            "accuracy": c.accuracy,
+            "baseline_accuracy": b.accuracy,
+            "accuracy_drop": b.accuracy - c.accuracy,
+            "latency_ms": c.latency.median_ms,
+            "latency_p90_ms": c.latency.p90_ms,
+            "latency_spread": c.latency.spread,
+            "latency_stable": c.latency.stable,
+            "latency_runs": c.latency.runs,
+            "baseline_latency_ms": b.latency.median_ms,
+            "baseline_latency_p90_ms": b.latency.p90_ms,
+            "speedup": self.speedup,
+            "ideal_speedup": self.ideal_speedup,
+            "realization": self.speedup / self.ideal_speedup,
+            "flops": c.flops,
+            "baseline_flops": b.flops,
+            "params": c.params,
+            "baseline_params": b.params,
+            "size_bytes": c.size_bytes,
+            "baseline_size_bytes": b.size_bytes,
+            "info": c.info,
+        }
+
+
+def measure(
+    subject: Subject, strategy: Strategy, config: EvalConfig, workdir: Path | None = None
+) -> Measurement:
+    """Build ``strategy``, compile it for ``config.runtime``, and measure it."""
+    from runners import get_runtime
+    from runners.metrics import count_params, flops_by_module
+
+    runtime = get_runtime(config.runtime, threads=config.threads)
+    candidate = build_candidate(subject, strategy, config.build)
+    with tempfile.TemporaryDirectory(prefix="layerpilot-") as tmp:
+        compiled = runtime.compile(candidate, Path(workdir or tmp))
+        outputs = np.concatenate(
+            [
+                compiled.run(x.numpy())
+                for x, _ in subject.workload.eval.batches(config.eval_batch_size)
+            ]
+        )
+        if not np.isfinite(outputs).all():
+            raise EvaluationError(f"strategy {strategy.key()} gives NaN/inf outputs")
+        accuracy = float(subject.workload.metric(outputs, subject.workload.eval.targets.numpy()))
+        if not math.isfinite(accuracy):
+            raise EvaluationError(f"strategy {strategy.key()}: metric is {accuracy}")
+        latency = measure_compiled(compiled, candidate.example_input, config.latency)
+    per_module = flops_by_module(candidate.model, candidate.example_input)
+    leaves = _leaf_flops(candidate.model, per_module)
+    weighted = sum(
+        f * PRECISION_COST[candidate.precisions.get(covered_by(m, candidate.precisions) or "", "fp32")]
+        for m, f in leaves.items()
+    )
+    info = {
+        **compiled.info,
+        "batch_size": config.latency.batch_size,
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    return Measurement(
+        accuracy=accuracy,
+        latency=latency,
+        flops=int(per_module.get("", sum(leaves.values()))),
+        weighted_flops=float(weighted),
+        params=count_params(candidate.model),
+        size_bytes=int(compiled.size_bytes),
+        info=info,
+    )
+
+
+def _leaf_flops(model: torch.nn.Module, per_module: dict[str, int]) -> dict[str, int]:
+    """FLOPs of modules with no children (so the weighted sum counts each op once)."""
+    leaves = {name for name, m in model.named_modules() if name and not any(m.children())}
+    counted = {name: f for name, f in per_module.items() if name in leaves}
+    rest = per_module.get("", 0) - sum(counted.values())
+    if rest > 0:  # ops outside any leaf (attention matmuls in a parent's forward)
+        counted[""] = rest
+    return counted
+
+
+def evaluate(
+    subject: Subject,
+    strategy: Strategy,
+    config: EvalConfig | None = None,
+    baseline: Measurement | None = None,
+) -> EvalResult:
+    """Measure ``strategy`` and the unchanged model (unless ``baseline`` is given) in one run."""
+    config = config or EvalConfig()
+    subject.resolve(strategy)  # fail on a bad strategy before spending time on the baseline
+    if baseline is None:
+        baseline = measure(subject, Strategy(), config)
+    return EvalResult(
+        workload=subject.workload.name,
+        strategy=strategy,
+        runtime=config.runtime,
+        candidate=measure(subject, strategy, config),
+        baseline=baseline,
+    )
+
+
+def measurement_dict(m: Measurement) -> dict[str, Any]:
+    """A JSON-ready view of a measurement."""
+    data = asdict(m)
+    data["latency"] = m.latency.to_dict()
+    return data

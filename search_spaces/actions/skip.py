@@ -1,0 +1,52 @@
+"""``skip``: remove a residual block or transformer layer; its input passes through."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from search_spaces.actions.base import ActionHandler, BuildContext
+from search_spaces.canonical import replace_module
+from search_spaces.errors import InvalidActionValueError
+from search_spaces.units import Unit
+
+
+class Skipped(nn.Module):
+    """Identity that accepts (and ignores) the extra arguments a block's caller may pass."""
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return x
+
+
+@dataclass(frozen=True)
+class SkipConfig:
+    """Whether the block is removed."""
+
+    skip: bool
+    """``True`` removes the block for every input."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.skip, bool):
+            raise InvalidActionValueError(f"skip must be true or false, got {self.skip!r}")
+
+
+class SkipHandler(ActionHandler):
+    name = "skip"
+    order = 30
+    choices = (False, True)
+    identity = False
+
+    def parse(self, value: Any) -> SkipConfig:
+        return SkipConfig(value)
+
+    def why_not(self, unit: Unit) -> str | None:
+        if unit.kind != "block":
+            return f"a {unit.kind} layer, not a residual block"
+        return unit.skip_reason
+
+    def apply(self, ctx: BuildContext, unit: Unit, config: SkipConfig) -> None:
+        replace_module(ctx.model, unit.name, Skipped())
+        ctx.invalidate_graph()

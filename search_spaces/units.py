@@ -1,0 +1,446 @@
+"""Decision units: the layers and blocks the agent decides on, discovered from the model.
+
+A unit is one module: a ``conv`` or ``linear`` layer, an ``attention`` layer (heads), or a
+``block`` (a residual block or transformer layer that may be skipped). Discovery records what
+the model's structure allows for each unit; the actions (``search_spaces.actions``) turn those
+facts into allowed/masked-with-a-reason.
+
+Channel coupling comes from torch-pruning's ``DependencyGraph``: every group of layers whose
+channels must be removed together (a residual stream, a depthwise pair) is decided by one
+*representative* unit, the first of the group in execution order; the other members name it in
+``coupled_to``. Every representative is trial-pruned on a copy of the model, so a group that
+cannot be pruned (it feeds the output, or an op the graph does not understand) is masked with the
+error it produced instead of crashing a search later.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+import operator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from search_spaces.canonical import Attention, EncoderLayer
+from search_spaces.errors import UnknownUnitError
+
+UNIT_KINDS = ("conv", "linear", "attention", "block")
+LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
+RESIDUAL_TYPES = (EncoderLayer, nn.TransformerEncoderLayer)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One decision unit and the facts the agent and the actions see about it."""
+
+    index: int
+    """Position in execution order (0-based)."""
+    name: str
+    """Module path in the (canonicalised) model, e.g. ``layer1.0.conv1``; the strategy key."""
+    kind: str
+    """``conv``, ``linear``, ``attention`` or ``block``."""
+    module_type: str
+    """Class name of the module."""
+    in_channels: int
+    """Input channels / features (for blocks and attention: width of the input)."""
+    out_channels: int
+    """Output channels / features (attention: number of heads × head width)."""
+    kernel: int = 1
+    """Kernel size (first dimension) for convolutions, else 1."""
+    stride: int = 1
+    """Stride (first dimension) for convolutions, else 1."""
+    groups: int = 1
+    """Convolution groups (``groups == in_channels`` is depthwise)."""
+    heads: int = 0
+    """Attention heads (attention units only)."""
+    input_shape: tuple[int, ...] = ()
+    """Shape of the unit's input for the example input (batch 1)."""
+    output_shape: tuple[int, ...] = ()
+    """Shape of the unit's output for the example input (batch 1)."""
+    flops: int = 0
+    """FLOPs (2 × MACs of matmuls/convs) of one batch-1 forward through the unit."""
+    params: int = 0
+    """Parameters inside the unit."""
+    flops_share: float = 0.0
+    """``flops`` ÷ the model's FLOPs (blocks contain layers, so shares overlap)."""
+    prune_group: tuple[str, ...] = ()
+    """Representatives: the layers whose output channels are removed with this unit's."""
+    coupled_to: str | None = None
+    """Non-representatives: the unit that decides this layer's channels."""
+    prune_reason: str | None = None
+    """Why the structure forbids pruning this unit (``None``: the graph allows it)."""
+    skip_reason: str | None = None
+    """Why this unit cannot be skipped (``None``: a residual block that can)."""
+    allowed: dict[str, str | None] = field(default_factory=dict)
+    """Action name -> ``None`` if allowed, else the reason it is masked (set by the registry)."""
+
+    def allows(self, action: str) -> bool:
+        """Whether ``action`` may be set on this unit."""
+        return action in self.allowed and self.allowed[action] is None
+
+    @property
+    def skippable(self) -> bool:
+        return self.kind == "block" and self.skip_reason is None
+
+    def embedding(self, num_units: int) -> np.ndarray:
+        """Fixed-length float32 features of this unit for an agent's observation.
+
+        ``[index/N, one-hot kind (4), log2(in)/12, log2(out)/12, kernel/7, stride/4,
+        depthwise, heads/16, log10(FLOPs)/10, log10(params)/8, FLOPs share, skippable,
+        prunable, and one flag per registered action: allowed]``.
+        """
+        kind = [float(self.kind == k) for k in UNIT_KINDS]
+        feats = [
+            self.index / max(num_units - 1, 1),
+            *kind,
+            math.log2(self.in_channels + 1) / 12,
+            math.log2(self.out_channels + 1) / 12,
+            self.kernel / 7,
+            self.stride / 4,
+            float(self.groups > 1 and self.groups == self.in_channels),
+            self.heads / 16,
+            math.log10(self.flops + 1) / 10,
+            math.log10(self.params + 1) / 8,
+            self.flops_share,
+            float(self.skippable),
+            float(self.prune_reason is None and self.coupled_to is None),
+            *(float(reason is None) for _, reason in sorted(self.allowed.items())),
+        ]
+        return np.asarray(feats, dtype=np.float32)
+
+    def describe(self) -> str:
+        """A short shape description for tables: ``32→64 k3 s2``, ``4 heads × 32``."""
+        if self.kind == "attention":
+            return f"{self.heads} heads × {self.out_channels // max(self.heads, 1)}"
+        if self.kind == "block":
+            return f"{list(self.input_shape[1:])}→{list(self.output_shape[1:])}"
+        text = f"{self.in_channels}→{self.out_channels}"
+        if self.kind == "conv":
+            text += f" k{self.kernel} s{self.stride}"
+            if self.groups > 1:
+                text += f" g{self.groups}"
+        return text
+
+
+@dataclass(frozen=True)
+class UnitTable:
+    """The ordered decision units of one model."""
+
+    units: tuple[Unit, ...]
+    total_flops: int
+    total_params: int
+
+    def __iter__(self) -> Iterator[Unit]:
+        return iter(self.units)
+
+    def __len__(self) -> int:
+        return len(self.units)
+
+    def __contains__(self, name: object) -> bool:
+        return any(u.name == name for u in self.units)
+
+    @property
+    def names(self) -> list[str]:
+        return [u.name for u in self.units]
+
+    def get(self, name: str) -> Unit:
+        """The unit called ``name``; an unknown name raises with the closest known names."""
+        for unit in self.units:
+            if unit.name == name:
+                return unit
+        close = difflib.get_close_matches(name, self.names, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownUnitError(
+            f"no decision unit {name!r} in this model{hint} "
+            f"({len(self.units)} units; `layerpilot profile` lists them)"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# discovery
+
+
+def discover_units(model: nn.Module, example_input: torch.Tensor) -> UnitTable:
+    """Find the decision units of a (canonicalised) model, in execution order.
+
+    Never raises for an unusual model: what cannot be analysed is masked with a reason.
+    """
+    from search_spaces.actions import annotate  # the registry decides allowed/masked
+
+    model = model.eval()
+    trace = _trace_calls(model, example_input)
+    flops = _flops_by_module(model, example_input)
+    total_flops = flops.get("", 0) or sum(v for k, v in flops.items() if "." not in k)
+    modules = dict(model.named_modules())
+    attention_children = {
+        f"{name}.{child}"
+        for name, mod in modules.items()
+        if isinstance(mod, Attention)
+        for child, _ in mod.named_children()
+    }
+
+    raw: list[Unit] = []
+    for name in trace.order:
+        mod = modules[name]
+        params = sum(p.numel() for p in mod.parameters())
+        base: dict[str, Any] = {
+            "index": 0,
+            "name": name,
+            "module_type": type(mod).__name__,
+            "input_shape": trace.inputs.get(name, ()),
+            "output_shape": trace.outputs.get(name, ()),
+            "flops": flops.get(name, 0),
+            "params": params,
+            "flops_share": flops.get(name, 0) / total_flops if total_flops else 0.0,
+        }
+        if isinstance(mod, nn.Conv1d | nn.Conv2d):
+            raw.append(
+                Unit(
+                    kind="conv",
+                    in_channels=mod.in_channels,
+                    out_channels=mod.out_channels,
+                    kernel=int(mod.kernel_size[0]),
+                    stride=int(mod.stride[0]),
+                    groups=mod.groups,
+                    **base,
+                )
+            )
+        elif isinstance(mod, nn.Linear):
+            raw.append(
+                Unit(
+                    kind="linear",
+                    in_channels=mod.in_features,
+                    out_channels=mod.out_features,
+                    prune_reason=(
+                        f"inside attention unit {name.rpartition('.')[0]!r}: prune its heads there"
+                        if name in attention_children
+                        else None
+                    ),
+                    **base,
+                )
+            )
+        elif isinstance(mod, Attention):
+            raw.append(
+                Unit(
+                    kind="attention",
+                    in_channels=mod.q_proj.in_features,
+                    out_channels=mod.num_heads * mod.head_dim,
+                    heads=mod.num_heads,
+                    prune_reason=None if mod.num_heads > 1 else "only one head",
+                    **base,
+                )
+            )
+        elif name and _is_block_candidate(name, mod, modules):
+            width = base["input_shape"][1] if len(base["input_shape"]) > 1 else 0
+            raw.append(
+                Unit(
+                    kind="block",
+                    in_channels=int(width),
+                    out_channels=int(base["output_shape"][1]) if len(base["output_shape"]) > 1 else 0,
+                    skip_reason=_why_not_skippable(name, mod, trace),
+                    prune_reason="a block: prune its layers",
+                    **base,
+                )
+            )
+
+    raw = _assign_prune_groups(model, example_input, raw, trace)
+    units = tuple(
+        annotate(_replace(u, index=i)) for i, u in enumerate(raw)
+    )
+    return UnitTable(
+        units, int(total_flops), int(sum(p.numel() for p in model.parameters()))
+    )
+
+
+def _replace(unit: Unit, **changes: Any) -> Unit:
+    from dataclasses import replace
+
+    return replace(unit, **changes)
+
+
+@dataclass
+class _Trace:
+    order: list[str] = field(default_factory=list)
+    inputs: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    outputs: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    non_tensor_output: set[str] = field(default_factory=set)
+    model_output_shape: tuple[int, ...] = ()
+
+
+def _trace_calls(model: nn.Module, example_input: torch.Tensor) -> _Trace:
+    trace = _Trace()
+    handles = []
+
+    def pre(name: str):
+        def hook(_mod: nn.Module, args: tuple[Any, ...]) -> None:
+            if name not in trace.inputs:
+                trace.order.append(name)
+                first = args[0] if args else None
+                trace.inputs[name] = tuple(first.shape) if isinstance(first, torch.Tensor) else ()
+
+        return hook
+
+    def post(name: str):
+        def hook(_mod: nn.Module, _args: tuple[Any, ...], out: Any) -> None:
+            if name in trace.outputs or name in trace.non_tensor_output:
+                return
+            if isinstance(out, torch.Tensor):
+                trace.outputs[name] = tuple(out.shape)
+            else:
+                trace.non_tensor_output.add(name)
+
+        return hook
+
+    for name, mod in model.named_modules():
+        if name:
+            handles.append(mod.register_forward_pre_hook(pre(name)))
+            handles.append(mod.register_forward_hook(post(name)))
+    try:
+        with torch.no_grad():
+            out = model(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+    trace.model_output_shape = tuple(out.shape) if isinstance(out, torch.Tensor) else ()
+    return trace
+
+
+def _flops_by_module(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False, depth=None)
+    with torch.no_grad(), counter:
+        model(example_input)
+    result: dict[str, int] = {}
+    for key, per_op in counter.get_flop_counts().items():
+        if key == "Global":
+            result[""] = int(sum(per_op.values()))
+            continue
+        _, _, path = key.partition(".")  # keys are "<RootClass>.<module path>"
+        result[path] = int(sum(per_op.values()))
+    return result
+
+
+def _is_block_candidate(name: str, mod: nn.Module, modules: dict[str, nn.Module]) -> bool:
+    """A non-leaf module holding compute layers, repeated in a Sequential/ModuleList."""
+    if isinstance(mod, (*LAYER_TYPES, Attention, *RESIDUAL_TYPES)):
+        return isinstance(mod, RESIDUAL_TYPES)
+    if isinstance(mod, nn.Sequential | nn.ModuleList):
+        return False
+    parent_name = name.rpartition(".")[0]
+    parent = modules.get(parent_name)
+    in_container = isinstance(parent, nn.Sequential | nn.ModuleList) and len(parent) >= 2
+    has_compute = any(isinstance(m, LAYER_TYPES) for m in mod.modules())
+    return in_container and has_compute
+
+
+def _why_not_skippable(name: str, mod: nn.Module, trace: _Trace) -> str | None:
+    if name in trace.non_tensor_output:
+        return "returns a non-tensor (e.g. a tuple); skip needs a tensor-in, tensor-out block"
+    shape_in, shape_out = trace.inputs.get(name, ()), trace.outputs.get(name, ())
+    if not shape_in or shape_in != shape_out:
+        return (
+            f"changes the shape {list(shape_in[1:])} → {list(shape_out[1:])}; "
+            "skipping it would break the next layer"
+        )
+    if isinstance(mod, RESIDUAL_TYPES):
+        return None
+    try:
+        graph = torch.fx.symbolic_trace(mod).graph
+    except Exception as exc:  # noqa: BLE001 - any trace failure means "cannot verify"
+        return f"cannot verify a residual connection (torch.fx could not trace it: {exc!s:.80})"
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"][:1]
+    adds = {operator.add, operator.iadd, torch.add}
+    for node in graph.nodes:
+        is_add = (node.op == "call_function" and node.target in adds) or (
+            node.op == "call_method" and node.target in ("add", "add_")
+        )
+        if is_add and any(arg in placeholders for arg in node.args):
+            return None
+    return "no residual connection from its input: skipping it would drop the whole computation"
+
+
+def _out_channels_fn(mod: nn.Module) -> Any:
+    import torch_pruning as tp
+
+    return tp.prune_linear_out_channels if isinstance(mod, nn.Linear) else tp.prune_conv_out_channels
+
+
+def _build_graph(model: nn.Module, example_input: torch.Tensor) -> Any:
+    import torch_pruning as tp
+
+    return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
+
+
+def _assign_prune_groups(
+    model: nn.Module, example_input: torch.Tensor, units: Sequence[Unit], trace: _Trace
+) -> list[Unit]:
+    """Group coupled layers with torch-pruning and trial-prune each group's representative."""
+    layer_units = [u for u in units if u.kind in ("conv", "linear") and u.prune_reason is None]
+    if not layer_units:
+        return list(units)
+    try:
+        graph = _build_graph(model, example_input)
+    except Exception as exc:  # noqa: BLE001 - any model the graph cannot trace
+        reason = f"torch-pruning could not build a dependency graph ({type(exc).__name__}: {exc!s:.80})"
+        return [
+            _replace(u, prune_reason=reason) if u in layer_units else u for u in units
+        ]
+    name_of = {id(m): n for n, m in model.named_modules()}
+    layer_names = {u.name for u in layer_units}
+    updates: dict[str, dict[str, Any]] = {}
+    assigned: set[str] = set()
+    for unit in layer_units:
+        if unit.name in assigned:
+            continue
+        mod = model.get_submodule(unit.name)
+        try:
+            group = graph.get_pruning_group(mod, _out_channels_fn(mod), idxs=[0])
+        except Exception as exc:  # noqa: BLE001
+            updates[unit.name] = {"prune_reason": f"no pruning group ({exc!s:.80})"}
+            continue
+        members = []
+        for item in group:
+            dep = item.dep
+            target = name_of.get(id(dep.target.module))
+            if target in layer_names and "out_channels" in getattr(dep.handler, "__name__", str(dep.handler)):
+                members.append(target)
+        members = sorted(set(members) | {unit.name}, key=lambda n: trace.order.index(n))
+        rep = members[0] if members[0] not in assigned else unit.name
+        for member in members:
+            assigned.add(member)
+            if member != rep:
+                updates[member] = {"coupled_to": rep}
+        updates[rep] = {"prune_group": tuple(members)}
+        reason = _trial_prune(model, example_input, rep, trace.model_output_shape)
+        if reason:
+            updates[rep]["prune_reason"] = reason
+    return [_replace(u, **updates[u.name]) if u.name in updates else u for u in units]
+
+
+def _trial_prune(
+    model: nn.Module, example_input: torch.Tensor, name: str, output_shape: tuple[int, ...]
+) -> str | None:
+    """Remove one channel of ``name``'s group on a copy; why that fails, or ``None``."""
+    trial = copy.deepcopy(model)
+    try:
+        graph = _build_graph(trial, example_input)
+        mod = trial.get_submodule(name)
+        group = graph.get_pruning_group(mod, _out_channels_fn(mod), idxs=[0])
+        if not graph.check_pruning_group(group):
+            return "too few channels to prune"
+        group.prune()
+        with torch.no_grad():
+            out = trial(example_input)
+    except Exception as exc:  # noqa: BLE001 - the reason is the point
+        return f"removing a channel breaks the model ({type(exc).__name__}: {exc!s:.100})"
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else ()
+    if shape != output_shape:
+        return f"feeds the model output: pruning changes its shape {list(output_shape)} → {list(shape)}"
+    return None

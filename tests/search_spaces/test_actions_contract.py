@@ -1,0 +1,131 @@
+"""The contract every action must pass, on every test model (and, slow, every workload).
+
+For an action applied with its first non-identity choice to every unit that allows it
+(``{"*": {action: value}}``): the model builds, keeps its output shape, is deterministic, rebuilds
+identically from the strategy's JSON, exports to ONNX and runs in ONNX Runtime with the same
+outputs as torch, leaves the original model untouched, and reduces what the action promises.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from models import TEST_MODELS, make_model
+
+from runners.base import Candidate
+from runners.metrics import count_flops, count_params
+from search_spaces import ACTIONS, Strategy, apply_plan, canonicalize, discover_units, resolve
+
+
+def _first_change(action: str):
+    return next(c for c in ACTIONS[action].choices if c != ACTIONS[action].identity)
+
+
+def _build(model, x, strategy):
+    canonical = canonicalize(copy.deepcopy(model))
+    units = discover_units(canonical, x)
+    return apply_plan(canonical, units, resolve(strategy, units), x), units
+
+
+CASES = [
+    (m, a)
+    for m in TEST_MODELS
+    for a in sorted(ACTIONS)
+]
+
+
+@pytest.fixture(params=CASES, ids=[f"{m}-{a}" for m, a in CASES])
+def case(request):
+    model_name, action = request.param
+    model, x = make_model(model_name)
+    units = discover_units(canonicalize(copy.deepcopy(model)), x)
+    if not any(u.allows(action) for u in units):
+        pytest.skip(f"{model_name} has no unit that allows {action}")
+    strategy = Strategy.from_dict({"*": {action: _first_change(action)}})
+    return model, x, action, strategy
+
+
+def test_action_builds_with_the_same_output_shape_and_finite_outputs(case):
+    model, x, _, strategy = case
+    batch = torch.randn(3, *x.shape[1:])
+
+    (built, _), _ = _build(model, x, strategy)
+
+    with torch.no_grad():
+        out, ref = built(batch), model(batch)
+    assert out.shape == ref.shape
+    assert torch.isfinite(out).all()
+
+
+def test_action_is_deterministic_and_rebuilds_from_json(case):
+    model, x, _, strategy = case
+
+    (a, prec_a), _ = _build(model, x, strategy)
+    (b, prec_b), _ = _build(model, x, Strategy.from_json(strategy.to_json()))
+
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x), atol=0, rtol=0)
+    assert prec_a == prec_b
+    assert [tuple(p.shape) for p in a.parameters()] == [tuple(p.shape) for p in b.parameters()]
+
+
+def test_action_leaves_the_original_model_untouched(case):
+    model, x, _, strategy = case
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    _build(model, x, strategy)
+
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_action_reduces_what_it_promises(case):
+    model, x, action, strategy = case
+
+    (built, precisions), _ = _build(model, x, strategy)
+
+    if action == "precision":
+        assert precisions and set(precisions.values()) == {"int8"}
+        assert count_params(built) == count_params(model)
+    else:
+        assert count_params(built) < count_params(model)
+        assert count_flops(built, x) < count_flops(model, x)
+
+
+def test_action_exports_to_onnx_and_runs_in_onnxruntime(case, tmp_path):
+    from runners.onnxruntime import OnnxRuntimeCPU
+
+    model, x, _, strategy = case
+    (built, precisions), _ = _build(model, x, strategy)
+    calibration = torch.randn(16, *x.shape[1:], generator=torch.Generator().manual_seed(3))
+    batch = torch.randn(4, *x.shape[1:], generator=torch.Generator().manual_seed(4))
+
+    compiled = OnnxRuntimeCPU().compile(
+        Candidate(built, x, precisions, calibration if precisions else None), tmp_path
+    )
+    out = compiled.run(batch.numpy())
+
+    with torch.no_grad():
+        ref = built(batch).numpy()
+    assert out.shape == ref.shape
+    if precisions:  # int8: close to fp32 in ranking, not in value
+        assert np.isfinite(out).all()
+        assert np.corrcoef(out.ravel(), ref.ravel())[0, 1] > 0.9
+    else:
+        np.testing.assert_allclose(out, ref, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("model_name", list(TEST_MODELS))
+def test_identity_strategy_leaves_outputs_unchanged(model_name):
+    model, x = make_model(model_name)
+    batch = torch.randn(3, *x.shape[1:])
+
+    (built, precisions), _ = _build(model, x, Strategy())
+
+    with torch.no_grad():
+        torch.testing.assert_close(built(batch), model(batch), atol=1e-5, rtol=1e-5)
+    assert precisions == {}
