@@ -14,16 +14,13 @@ import math
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
 class Attention(nn.Module):
     """Multi-head self-attention with separate Q/K/V projections of width ``heads * head_dim``."""
 
-    def __init__(
-        self, embed_dim: int, num_heads: int, head_dim: int, *, bias: bool = True
-    ) -> None:
+    def __init__(self, embed_dim: int, num_heads: int, head_dim: int, *, bias: bool = True) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = head_dim
@@ -75,7 +72,7 @@ class Attention(nn.Module):
             sl = slice(h * d, (h + 1) * d)
             parts = [p.weight[sl] for p in (self.q_proj, self.k_proj, self.v_proj)]
             parts.append(self.out_proj.weight[:, sl].T)
-            norms.append(torch.sqrt(sum((p.detach() ** 2).sum() for p in parts)))
+            norms.append(torch.sqrt(torch.stack([(p.detach() ** 2).sum() for p in parts]).sum()))
         return torch.stack(norms)
 
 

@@ -4,7 +4,8 @@ It is the agent's output, the MLflow artifact, the cache key and the input of ``
 ``export``. On disk it is JSON::
 
     {"_type": "layerpilot.Strategy", "_version": 1,
-     "units": {"*": {"precision": "int8"}, "layer1.0.conv1": {"prune": 0.5}, "layer2.1": {"skip": true}}}
+     "units": {"*": {"precision": "int8"}, "layer1.0.conv1": {"prune": 0.5},
+               "layer2.1": {"skip": true}}}
 
 A bare mapping of unit names (``{"layer1.0.conv1": {"prune": 0.5}}``) is accepted as version 1.
 The ``"*"`` entry is the default for every unit that allows those actions; an explicit entry for
@@ -36,7 +37,7 @@ def _freeze(units: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Mapping[str,
             raise MalformedStrategyError(f"unit names must be non-empty strings, got {unit!r}")
         if not isinstance(actions, Mapping):
             raise MalformedStrategyError(
-                f"unit {unit!r}: expected an object of actions like {{\"prune\": 0.5}}, "
+                f'unit {unit!r}: expected an object of actions like {{"prune": 0.5}}, '
                 f"got {type(actions).__name__} {actions!r}"
             )
         for action, value in actions.items():
@@ -115,9 +116,7 @@ class Strategy:
     def from_dict(cls, data: Any) -> Strategy:
         """Read the canonical form or a bare ``{unit: {action: value}}`` mapping."""
         if not isinstance(data, Mapping):
-            raise MalformedStrategyError(
-                f"a strategy is a JSON object, got {type(data).__name__}"
-            )
+            raise MalformedStrategyError(f"a strategy is a JSON object, got {type(data).__name__}")
         if "_type" in data or "_version" in data or "units" in data:
             if data.get("_type", STRATEGY_TYPE) != STRATEGY_TYPE:
                 raise MalformedStrategyError(

@@ -242,7 +242,9 @@ def discover_units(model: nn.Module, example_input: torch.Tensor) -> UnitTable:
                 Unit(
                     kind="block",
                     in_channels=int(width),
-                    out_channels=int(base["output_shape"][1]) if len(base["output_shape"]) > 1 else 0,
+                    out_channels=int(base["output_shape"][1])
+                    if len(base["output_shape"]) > 1
+                    else 0,
                     skip_reason=_why_not_skippable(name, mod, trace),
                     prune_reason="a block: prune its layers",
                     **base,
@@ -250,12 +252,8 @@ def discover_units(model: nn.Module, example_input: torch.Tensor) -> UnitTable:
             )
 
     raw = _assign_prune_groups(model, example_input, raw, trace)
-    units = tuple(
-        annotate(_replace(u, index=i)) for i, u in enumerate(raw)
-    )
-    return UnitTable(
-        units, int(total_flops), int(sum(p.numel() for p in model.parameters()))
-    )
+    units = tuple(annotate(_replace(u, index=i)) for i, u in enumerate(raw))
+    return UnitTable(units, int(total_flops), int(sum(p.numel() for p in model.parameters())))
 
 
 def _replace(unit: Unit, **changes: Any) -> Unit:
@@ -314,7 +312,7 @@ def _trace_calls(model: nn.Module, example_input: torch.Tensor) -> _Trace:
 def _flops_by_module(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False, depth=None)
+    counter = FlopCounterMode(display=False, depth=64)  # every module path
     with torch.no_grad(), counter:
         model(example_input)
     result: dict[str, int] = {}
@@ -353,7 +351,7 @@ def _why_not_skippable(name: str, mod: nn.Module, trace: _Trace) -> str | None:
         return None
     try:
         graph = torch.fx.symbolic_trace(mod).graph
-    except Exception as exc:  # noqa: BLE001 - any trace failure means "cannot verify"
+    except Exception as exc:
         return f"cannot verify a residual connection (torch.fx could not trace it: {exc!s:.80})"
     placeholders = [n for n in graph.nodes if n.op == "placeholder"][:1]
     adds = {operator.add, operator.iadd, torch.add}
@@ -369,7 +367,9 @@ def _why_not_skippable(name: str, mod: nn.Module, trace: _Trace) -> str | None:
 def _out_channels_fn(mod: nn.Module) -> Any:
     import torch_pruning as tp
 
-    return tp.prune_linear_out_channels if isinstance(mod, nn.Linear) else tp.prune_conv_out_channels
+    return (
+        tp.prune_linear_out_channels if isinstance(mod, nn.Linear) else tp.prune_conv_out_channels
+    )
 
 
 def _build_graph(model: nn.Module, example_input: torch.Tensor) -> Any:
@@ -387,14 +387,14 @@ def _assign_prune_groups(
         return list(units)
     try:
         graph = _build_graph(model, example_input)
-    except Exception as exc:  # noqa: BLE001 - any model the graph cannot trace
-        reason = f"torch-pruning could not build a dependency graph ({type(exc).__name__}: {exc!s:.80})"
-        return [
-            _replace(u, prune_reason=reason) if u in layer_units else u for u in units
-        ]
+    except Exception as exc:
+        reason = (
+            f"torch-pruning could not build a dependency graph ({type(exc).__name__}: {exc!s:.80})"
+        )
+        return [_replace(u, prune_reason=reason) if u in layer_units else u for u in units]
     name_of = {id(m): n for n, m in model.named_modules()}
     layer_names = {u.name for u in layer_units}
-    updates: dict[str, dict[str, Any]] = {}
+    updates: dict[str, dict[str, Any]] = {}  # unit name -> Unit fields to change
     assigned: set[str] = set()
     for unit in layer_units:
         if unit.name in assigned:
@@ -402,14 +402,18 @@ def _assign_prune_groups(
         mod = model.get_submodule(unit.name)
         try:
             group = graph.get_pruning_group(mod, _out_channels_fn(mod), idxs=[0])
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             updates[unit.name] = {"prune_reason": f"no pruning group ({exc!s:.80})"}
             continue
-        members = []
+        members: list[str] = []
         for item in group:
             dep = item.dep
             target = name_of.get(id(dep.target.module))
-            if target in layer_names and "out_channels" in getattr(dep.handler, "__name__", str(dep.handler)):
+            if (
+                target is not None
+                and target in layer_names
+                and "out_channels" in getattr(dep.handler, "__name__", str(dep.handler))
+            ):
                 members.append(target)
         members = sorted(set(members) | {unit.name}, key=lambda n: trace.order.index(n))
         rep = members[0] if members[0] not in assigned else unit.name
@@ -418,9 +422,9 @@ def _assign_prune_groups(
             if member != rep:
                 updates[member] = {"coupled_to": rep}
         updates[rep] = {"prune_group": tuple(members)}
-        reason = _trial_prune(model, example_input, rep, trace.model_output_shape)
-        if reason:
-            updates[rep]["prune_reason"] = reason
+        failure = _trial_prune(model, example_input, rep, trace.model_output_shape)
+        if failure:
+            updates[rep]["prune_reason"] = failure
     return [_replace(u, **updates[u.name]) if u.name in updates else u for u in units]
 
 
@@ -438,9 +442,12 @@ def _trial_prune(
         group.prune()
         with torch.no_grad():
             out = trial(example_input)
-    except Exception as exc:  # noqa: BLE001 - the reason is the point
+    except Exception as exc:
         return f"removing a channel breaks the model ({type(exc).__name__}: {exc!s:.100})"
     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else ()
     if shape != output_shape:
-        return f"feeds the model output: pruning changes its shape {list(output_shape)} → {list(shape)}"
+        return (
+            "feeds the model output: pruning changes its shape "
+            f"{list(output_shape)} → {list(shape)}"
+        )
     return None

@@ -35,7 +35,7 @@ class LowRankConfig:
 
 
 def _rank(in_f: int, out_f: int, ratio: float) -> int:
-    return max(1, int(round(min(in_f, out_f) * ratio)))
+    return max(1, round(min(in_f, out_f) * ratio))
 
 
 class LowRankHandler(ActionHandler):
@@ -80,16 +80,18 @@ def factorize(module: nn.Module, ratio: float) -> nn.Sequential:
     root = s[:r].sqrt()
     first_w, second_w = root[:, None] * vh[:r], u[:, :r] * root[None, :]
     bias = module.bias is not None
+    first: nn.Module
+    second: nn.Module
     if isinstance(module, nn.Linear):
         first, second = nn.Linear(in_f, r, bias=False), nn.Linear(r, out_f, bias=bias)
     else:
         conv = type(module)
-        first = conv(in_f, r, 1, stride=module.stride, bias=False)
+        first = conv(in_f, r, 1, stride=module.stride, bias=False)  # type: ignore[arg-type]
         second = conv(r, out_f, 1, bias=bias)
         extra = (1,) * (module.weight.dim() - 2)
         first_w, second_w = first_w.reshape(r, in_f, *extra), second_w.reshape(out_f, r, *extra)
-    first.weight.copy_(first_w)
-    second.weight.copy_(second_w)
-    if bias:
-        second.bias.copy_(module.bias.detach())
+    first.weight.copy_(first_w)  # type: ignore[operator]
+    second.weight.copy_(second_w)  # type: ignore[operator]
+    if module.bias is not None:
+        second.bias.copy_(module.bias.detach())  # type: ignore[union-attr,operator]
     return nn.Sequential(first, second)

@@ -46,7 +46,7 @@ def kept_channels(channels: int, ratio: float) -> int:
     """
     keep = channels * (1.0 - ratio)
     step = 8 if channels >= 32 else 1
-    return max(step if channels >= step else 1, min(channels, int(round(keep / step)) * step))
+    return max(step if channels >= step else 1, min(channels, round(keep / step) * step))
 
 
 class PruneHandler(ActionHandler):
@@ -79,7 +79,7 @@ class PruneHandler(ActionHandler):
 
 def prune_heads(attn: Attention, ratio: float) -> None:
     """Keep the ``1 - ratio`` highest-magnitude heads of ``attn`` (at least one)."""
-    keep = max(1, int(round(attn.num_heads * (1.0 - ratio))))
+    keep = max(1, round(attn.num_heads * (1.0 - ratio)))
     if keep == attn.num_heads:
         return
     order = torch.argsort(attn.head_importance(), descending=True)[:keep]

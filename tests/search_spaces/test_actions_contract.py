@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 from models import TEST_MODELS, make_model
+from runners.metrics import count_flops, count_params
 
 from runners.base import Candidate
-from runners.metrics import count_flops, count_params
 from search_spaces import ACTIONS, Strategy, apply_plan, canonicalize, discover_units, resolve
 
 
@@ -30,11 +30,7 @@ def _build(model, x, strategy):
     return apply_plan(canonical, units, resolve(strategy, units), x), units
 
 
-CASES = [
-    (m, a)
-    for m in TEST_MODELS
-    for a in sorted(ACTIONS)
-]
+CASES = [(m, a) for m in TEST_MODELS for a in sorted(ACTIONS)]
 
 
 @pytest.fixture(params=CASES, ids=[f"{m}-{a}" for m, a in CASES])

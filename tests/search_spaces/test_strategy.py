@@ -27,9 +27,10 @@ def test_strategy_key_is_independent_of_key_order():
 
 
 def test_strategy_key_differs_when_a_value_differs():
-    assert Strategy.from_dict({"a": {"prune": 0.25}}).key() != Strategy.from_dict(
-        {"a": {"prune": 0.5}}
-    ).key()
+    assert (
+        Strategy.from_dict({"a": {"prune": 0.25}}).key()
+        != Strategy.from_dict({"a": {"prune": 0.5}}).key()
+    )
 
 
 def test_strategy_is_read_only():

@@ -142,10 +142,18 @@ def test_default_entry_applies_only_where_allowed_and_explicit_entries_override(
     ("spec", "error", "fragment"),
     [
         ({"layer9.conv1": {"prune": 0.5}}, UnknownUnitError, "no decision unit 'layer9.conv1'"),
-        ({"layer1.0.conv1": {"prune": 1.5}}, InvalidActionValueError, "'layer1.0.conv1'.*\\[0, 0.95\\]"),
+        (
+            {"layer1.0.conv1": {"prune": 1.5}},
+            InvalidActionValueError,
+            "'layer1.0.conv1'.*\\[0, 0.95\\]",
+        ),
         ({"layer1.0.conv1": {"prune": "half"}}, InvalidActionValueError, "must be a number"),
         ({"*": {"precision": "int4"}}, InvalidActionValueError, "'\\*'.*one of"),
-        ({"layer1.0.conv1": {"skip": True}}, ActionNotAllowedError, "'skip'.*'layer1.0.conv1'.*not a residual block"),
+        (
+            {"layer1.0.conv1": {"skip": True}},
+            ActionNotAllowedError,
+            "'skip'.*'layer1.0.conv1'.*not a residual block",
+        ),
         ({"layer2.0": {"skip": True}}, ActionNotAllowedError, "changes the shape"),
         ({"layer1.0.conv2": {"prune": 0.5}}, ActionNotAllowedError, "coupled.*'conv1'"),
         ({"layer1.0.conv1": {"sparsify": 0.5}}, UnknownActionError, "known actions"),

@@ -101,5 +101,5 @@ def test_embedding_has_a_fixed_length_across_unit_kinds():
 
 
 def test_unknown_unit_suggests_close_names():
-    with pytest.raises(UnknownUnitError, match="did you mean .*'layer1.0.conv1'"):
+    with pytest.raises(UnknownUnitError, match=r"did you mean .*'layer1\.0\.conv1'"):
         _units("resnet").get("layer1.0.conv")
