@@ -10,7 +10,15 @@ from torch import nn
 from envs.workloads.base import Workload
 from runners.base import Candidate
 from runners.recovery import reestimate_batchnorm
-from search_spaces import Plan, Strategy, UnitTable, apply_plan, canonicalize, discover_units, resolve
+from search_spaces import (
+    Plan,
+    Strategy,
+    UnitTable,
+    apply_plan,
+    canonicalize,
+    discover_units,
+    resolve,
+)
 
 
 @dataclass(frozen=True)
@@ -59,14 +67,16 @@ class Subject:
         return self._plans[key]
 
 
-def build_candidate(subject: Subject, strategy: Strategy, config: BuildConfig | None = None) -> Candidate:
+def build_candidate(
+    subject: Subject, strategy: Strategy, config: BuildConfig | None = None
+) -> Candidate:
     """Apply ``strategy`` to a copy of the subject's model and return the live candidate."""
     config = config or BuildConfig()
     plan = subject.resolve(strategy)
-    model, precisions = apply_plan(subject.model, subject.units, plan, subject.workload.example_input)
-    structural = any(
-        name != "precision" for actions in plan.actions.values() for name in actions
+    model, precisions = apply_plan(
+        subject.model, subject.units, plan, subject.workload.example_input
     )
+    structural = any(name != "precision" for actions in plan.actions.values() for name in actions)
     if structural and config.bn_batches:
         reestimate_batchnorm(
             model,

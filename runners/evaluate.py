@@ -141,7 +141,10 @@ def measure(
     per_module = flops_by_module(candidate.model, candidate.example_input)
     leaves = _leaf_flops(candidate.model, per_module)
     weighted = sum(
-        f * PRECISION_COST[candidate.precisions.get(covered_by(m, candidate.precisions) or "", "fp32")]
+        f
+        * PRECISION_COST[
+            candidate.precisions.get(covered_by(m, candidate.precisions) or "", "fp32")
+        ]
         for m, f in leaves.items()
     )
     info = {

@@ -35,9 +35,7 @@ def node_times(onnx_path: Path, example_input: torch.Tensor, runs: int = 50) -> 
     options.enable_profiling = True
     with tempfile.TemporaryDirectory(prefix="layerpilot-prof-") as tmp:
         options.profile_file_prefix = str(Path(tmp) / "ort")
-        session = ort.InferenceSession(
-            str(onnx_path), options, providers=["CPUExecutionProvider"]
-        )
+        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         feed = {session.get_inputs()[0].name: np.ascontiguousarray(example_input.numpy())}
         for _ in range(runs):
             session.run(None, feed)

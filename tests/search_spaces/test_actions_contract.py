@@ -9,25 +9,34 @@ outputs as torch, leaves the original model untouched, and reduces what the acti
 from __future__ import annotations
 
 import copy
+import functools
 
 import numpy as np
 import pytest
 import torch
-from models import TEST_MODELS, make_model
-from runners.metrics import count_flops, count_params
 
 from runners.base import Candidate
+from runners.metrics import count_flops, count_params
 from search_spaces import ACTIONS, Strategy, apply_plan, canonicalize, discover_units, resolve
+
+from models import TEST_MODELS, make_model
 
 
 def _first_change(action: str):
     return next(c for c in ACTIONS[action].choices if c != ACTIONS[action].identity)
 
 
-def _build(model, x, strategy):
+@functools.cache
+def _subject(model_name: str):
+    """Model, example input, canonical copy and units: discovered once per test model."""
+    model, x = make_model(model_name)
     canonical = canonicalize(copy.deepcopy(model))
-    units = discover_units(canonical, x)
-    return apply_plan(canonical, units, resolve(strategy, units), x), units
+    return model, x, canonical, discover_units(canonical, x)
+
+
+def _build(model_name, strategy):
+    _, x, canonical, units = _subject(model_name)
+    return apply_plan(canonical, units, resolve(strategy, units), x)
 
 
 CASES = [(m, a) for m in TEST_MODELS for a in sorted(ACTIONS)]
@@ -36,19 +45,18 @@ CASES = [(m, a) for m in TEST_MODELS for a in sorted(ACTIONS)]
 @pytest.fixture(params=CASES, ids=[f"{m}-{a}" for m, a in CASES])
 def case(request):
     model_name, action = request.param
-    model, x = make_model(model_name)
-    units = discover_units(canonicalize(copy.deepcopy(model)), x)
+    model, x, _, units = _subject(model_name)
     if not any(u.allows(action) for u in units):
         pytest.skip(f"{model_name} has no unit that allows {action}")
     strategy = Strategy.from_dict({"*": {action: _first_change(action)}})
-    return model, x, action, strategy
+    return model_name, model, x, action, strategy
 
 
 def test_action_builds_with_the_same_output_shape_and_finite_outputs(case):
-    model, x, _, strategy = case
+    name, model, x, _, strategy = case
     batch = torch.randn(3, *x.shape[1:])
 
-    (built, _), _ = _build(model, x, strategy)
+    built, _ = _build(name, strategy)
 
     with torch.no_grad():
         out, ref = built(batch), model(batch)
@@ -57,10 +65,10 @@ def test_action_builds_with_the_same_output_shape_and_finite_outputs(case):
 
 
 def test_action_is_deterministic_and_rebuilds_from_json(case):
-    model, x, _, strategy = case
+    name, _, x, _, strategy = case
 
-    (a, prec_a), _ = _build(model, x, strategy)
-    (b, prec_b), _ = _build(model, x, Strategy.from_json(strategy.to_json()))
+    a, prec_a = _build(name, strategy)
+    b, prec_b = _build(name, Strategy.from_json(strategy.to_json()))
 
     with torch.no_grad():
         torch.testing.assert_close(a(x), b(x), atol=0, rtol=0)
@@ -69,20 +77,21 @@ def test_action_is_deterministic_and_rebuilds_from_json(case):
 
 
 def test_action_leaves_the_original_model_untouched(case):
-    model, x, _, strategy = case
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    name, _, _, _, strategy = case
+    canonical = _subject(name)[2]
+    before = {k: v.clone() for k, v in canonical.state_dict().items()}
 
-    _build(model, x, strategy)
+    _build(name, strategy)
 
-    after = model.state_dict()
+    after = canonical.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_action_reduces_what_it_promises(case):
-    model, x, action, strategy = case
+    name, model, x, action, strategy = case
 
-    (built, precisions), _ = _build(model, x, strategy)
+    built, precisions = _build(name, strategy)
 
     if action == "precision":
         assert precisions and set(precisions.values()) == {"int8"}
@@ -95,8 +104,8 @@ def test_action_reduces_what_it_promises(case):
 def test_action_exports_to_onnx_and_runs_in_onnxruntime(case, tmp_path):
     from runners.onnxruntime import OnnxRuntimeCPU
 
-    model, x, _, strategy = case
-    (built, precisions), _ = _build(model, x, strategy)
+    name, _, x, _, strategy = case
+    built, precisions = _build(name, strategy)
     calibration = torch.randn(16, *x.shape[1:], generator=torch.Generator().manual_seed(3))
     batch = torch.randn(4, *x.shape[1:], generator=torch.Generator().manual_seed(4))
 
@@ -117,10 +126,10 @@ def test_action_exports_to_onnx_and_runs_in_onnxruntime(case, tmp_path):
 
 @pytest.mark.parametrize("model_name", list(TEST_MODELS))
 def test_identity_strategy_leaves_outputs_unchanged(model_name):
-    model, x = make_model(model_name)
+    model, x, _, _ = _subject(model_name)
     batch = torch.randn(3, *x.shape[1:])
 
-    (built, precisions), _ = _build(model, x, Strategy())
+    built, precisions = _build(model_name, Strategy())
 
     with torch.no_grad():
         torch.testing.assert_close(built(batch), model(batch), atol=1e-5, rtol=1e-5)

@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-from models import make_model
 from torch import nn
 
 from search_spaces import (
@@ -24,6 +23,8 @@ from search_spaces.actions.lowrank import factorize
 from search_spaces.actions.prune import kept_channels
 from search_spaces.actions.skip import Skipped
 from search_spaces.canonical import Attention
+
+from models import make_model
 
 
 def _subject(name: str):

@@ -4,9 +4,10 @@ import copy
 
 import pytest
 import torch
-from models import make_model
 
 from search_spaces import UnknownUnitError, canonicalize, discover_units
+
+from models import make_model
 
 
 def _units(name: str):
