@@ -85,7 +85,9 @@ def _eval_config(args: argparse.Namespace) -> Any:
     if args.max_seconds is not None:
         latency["max_seconds"] = args.max_seconds
     try:
-        return EvalConfig(runtime=args.runtime, threads=args.threads, latency=LatencyConfig(**latency))
+        return EvalConfig(
+            runtime=args.runtime, threads=args.threads, latency=LatencyConfig(**latency)
+        )
     except (TypeError, ValueError) as exc:
         raise CliError(str(exc)) from exc
 
@@ -149,7 +151,15 @@ def cmd_workloads(args: argparse.Namespace) -> int:
         _print_json(rows)
         return 0
     table = Table(title="Built-in workloads (baseline, ONNX Runtime CPU, 1 thread, batch 1)")
-    for col in ("name", "input", "accuracy %", "latency ms (p90)", "FLOPs", "params", "description"):
+    for col in (
+        "name",
+        "input",
+        "accuracy %",
+        "latency ms (p90)",
+        "FLOPs",
+        "params",
+        "description",
+    ):
         table.add_column(col)
     for r in rows:
         measured = "accuracy" in r
@@ -222,7 +232,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     config = _eval_config(args)
     wl = _load_workload(args)
     subject = Subject.prepare(wl)
-    subject.resolve(strategy)  # a bad strategy fails here, before anything is measured
     started = time.perf_counter()
     result = evaluate(subject, strategy, config)
     data = result.to_dict()
@@ -282,7 +291,9 @@ def cmd_runtimes(args: argparse.Namespace) -> int:
     for col in ("runtime", "precisions", "available here"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["name"], ", ".join(r["precisions"]), "yes" if r["available"] else f"no: {r['reason']}")
+        table.add_row(
+            r["name"], ", ".join(r["precisions"]), "yes" if r["available"] else f"no: {r['reason']}"
+        )
     Console().print(table)
     return 0
 
@@ -315,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--strategy",
         required=True,
-        help="strategy JSON file, or inline JSON such as '{\"*\": {\"precision\": \"int8\"}}'",
+        help='strategy JSON file, or inline JSON such as \'{"*": {"precision": "int8"}}\'',
     )
     _add_measure_args(p)
     _add_json(p)
@@ -329,9 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from envs.workloads import UnknownWorkloadError, WorkloadSpecError
+    from envs.workloads import UnknownWorkloadError, WorkloadCacheError, WorkloadSpecError
     from runners import UnknownRuntimeError
     from runners.base import RuntimeUnavailableError, UnsupportedPrecisionError
+    from runners.onnxruntime import MissingCalibrationError, PrecisionMappingError
     from search_spaces import StrategyError
 
     user_errors: tuple[type[BaseException], ...] = (
@@ -339,9 +351,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         StrategyError,
         UnknownWorkloadError,
         WorkloadSpecError,
+        WorkloadCacheError,
         UnknownRuntimeError,
         RuntimeUnavailableError,
         UnsupportedPrecisionError,
+        PrecisionMappingError,
+        MissingCalibrationError,
     )
     try:
         return int(args.func(args))

@@ -79,19 +79,43 @@ class Runtime(Protocol):
 def module_of_onnx_node(node_name: str) -> str:
     """Module path of a node named by the TorchScript ONNX exporter.
 
-    The exporter scopes names by module, the last scope being the full path:
-    ``/layer1/layer1.0/conv1/Conv`` -> ``layer1.0.conv1``; top-level ops (``/Relu``) -> ``""``.
+    The exporter scopes names by the modules that were called, each scope holding the module's
+    *unqualified* name — its path from the last non-numeric atom on (``layer1.0.conv1`` ->
+    ``conv1``, ``layer1.0`` -> ``layer1.0``). The full path is rebuilt by appending each scope to
+    the path so far, overlapping where a scope repeats the end of it:
+    ``/layer1/layer1.0/conv1/Conv`` -> ``layer1.0.conv1``; ``/encoder/layers.0/linear1/MatMul``
+    -> ``encoder.layers.0.linear1`` (the ``layers`` ModuleList is never called, so it has no
+    scope); top-level ops (``/Relu``) and unscoped nodes -> ``""``.
     """
-    parts = node_name.strip("/").split("/")
-    return parts[-2] if len(parts) >= 2 else ""
+    if not node_name.startswith("/"):
+        return ""
+    atoms: list[str] = []
+    for scope in node_name.strip("/").split("/")[:-1]:
+        parts = scope.split(".")
+        overlap = next((k for k in range(len(parts) - 1, 0, -1) if atoms[-k:] == parts[:k]), 0)
+        atoms.extend(parts[overlap:])
+    return ".".join(atoms)
 
 
 def covered_by(module_path: str, prefixes: dict[str, str] | set[str] | list[str]) -> str | None:
     """The longest entry of ``prefixes`` that is ``module_path`` or one of its ancestors."""
     best: str | None = None
     for prefix in prefixes:
-        if (
-            module_path == prefix or module_path.startswith(prefix + ".") or prefix == ""
-        ) and (best is None or len(prefix) > len(best)):
+        if (module_path == prefix or module_path.startswith(prefix + ".") or prefix == "") and (
+            best is None or len(prefix) > len(best)
+        ):
             best = prefix
     return best
+
+
+def check_precisions(precisions: dict[str, str], supported: frozenset[str], runtime: str) -> None:
+    """Raise :class:`UnsupportedPrecisionError` if a module asks ``runtime`` for a precision
+    outside ``supported`` (called by every runtime's ``compile`` before any work)."""
+    for module, precision in sorted(precisions.items()):
+        if precision not in supported:
+            where = f"module {module!r}" if module else "the whole model ('')"
+            raise UnsupportedPrecisionError(
+                f"{runtime} cannot run {where} in {precision!r}; it runs "
+                f"{', '.join(sorted(supported))}. Choose one of those for this module, or a "
+                f"runtime that runs {precision!r} (`layerpilot runtimes` lists them)."
+            )

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from runners.base import covered_by
+from runners.base import RuntimeUnavailableError, check_precisions, covered_by
 from runners.build import BuildConfig, Subject, build_candidate
 from runners.latency import LatencyConfig, LatencyStats, measure_compiled
 from search_spaces import Strategy
@@ -175,6 +175,27 @@ def _leaf_flops(model: torch.nn.Module, per_module: dict[str, int]) -> dict[str,
     return counted
 
 
+def check_evaluable(subject: Subject, strategy: Strategy, config: EvalConfig) -> None:
+    """Raise the user-facing error if ``strategy`` cannot be measured on ``config.runtime``.
+
+    Checks the strategy against the model's units, the runtime's availability here, and the
+    precisions it runs — all before anything is built or timed.
+    """
+    from runners import get_runtime
+
+    plan = subject.resolve(strategy)
+    runtime = get_runtime(config.runtime, threads=config.threads)
+    reason = runtime.unavailable_reason()
+    if reason:
+        raise RuntimeUnavailableError(f"runtime {config.runtime!r} cannot run here: {reason}")
+    wanted = {
+        unit: actions["precision"].precision
+        for unit, actions in plan.actions.items()
+        if "precision" in actions
+    }
+    check_precisions(wanted, runtime.precisions, config.runtime)
+
+
 def evaluate(
     subject: Subject,
     strategy: Strategy,
@@ -183,7 +204,7 @@ def evaluate(
 ) -> EvalResult:
     """Measure ``strategy`` and the unchanged model (unless ``baseline`` is given) in one run."""
     config = config or EvalConfig()
-    subject.resolve(strategy)  # fail on a bad strategy before spending time on the baseline
+    check_evaluable(subject, strategy, config)  # fail before spending time on the baseline
     if baseline is None:
         baseline = measure(subject, Strategy(), config)
     return EvalResult(

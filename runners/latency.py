@@ -1,0 +1,241 @@
+"""The latency measurement protocol: warm up, then timed rounds until the median settles.
+
+Every latency layerpilot reports comes from :func:`measure_latency`, so that two numbers are
+comparable only if they were taken the same way. One timed *run* is one call of the function
+(one batch); runs are grouped in *rounds* (``round_runs`` runs, and at least
+``min_round_seconds``), and after each round the median of **all** runs so far is compared with
+the median after the previous round. The measurement stops when that
+median moved by at most ``rel_tol`` (stable), or at ``max_rounds`` / ``max_seconds`` (not
+stable; the record says so). The garbage collector is run once before and kept off while
+timing, so a collection never lands inside a timed run.
+
+Example:
+    >>> stats = measure_latency(lambda: sum(range(1000)), LatencyConfig(max_seconds=1.0))
+    >>> stats.median_ms > 0
+    True
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from runners.base import Compiled
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    """How a latency is measured (the same protocol for every runtime)."""
+
+    warmup: int = 10
+    """Untimed runs before timing (allocations, lazy kernel selection, caches)."""
+    round_runs: int = 50
+    """Timed runs per round (at least); stability is checked after each round."""
+    min_round_seconds: float = 0.05
+    """A round also lasts at least this long: sub-millisecond models get more runs per round,
+    so each round spans more than a few scheduler time slices (0 disables it)."""
+    min_rounds: int = 3
+    """Rounds always run (unless ``max_seconds`` is hit first); at least 2, because stability
+    compares consecutive rounds."""
+    max_rounds: int = 20
+    """Stop after this many rounds even if the median is still moving (``stable=False``)."""
+    rel_tol: float = 0.02
+    """Stable when the median of all runs so far moved by at most this fraction between two
+    consecutive rounds."""
+    max_seconds: float = 30.0
+    """Wall-clock cap for the whole measurement, warm-up included; checked after every run, so a
+    slow model stops mid-round (``stable=False``)."""
+    batch_size: int = 1
+    """Batch size of each timed run (:func:`measure_compiled` repeats the example input)."""
+
+    def __post_init__(self) -> None:
+        errors = []
+        if self.warmup < 0:
+            errors.append(f"warmup must be >= 0, got {self.warmup}")
+        if self.round_runs < 1:
+            errors.append(f"round_runs must be >= 1, got {self.round_runs}")
+        if not 0.0 <= self.min_round_seconds < math.inf:
+            errors.append(f"min_round_seconds must be >= 0, got {self.min_round_seconds}")
+        if self.min_rounds < 2:
+            errors.append(
+                f"min_rounds must be >= 2 (stability compares two rounds), got {self.min_rounds}"
+            )
+        if self.max_rounds < self.min_rounds:
+            errors.append(
+                f"max_rounds ({self.max_rounds}) must be >= min_rounds ({self.min_rounds})"
+            )
+        if not 0.0 < self.rel_tol < 1.0:
+            errors.append(f"rel_tol must be in (0, 1), got {self.rel_tol}")
+        if not (self.max_seconds > 0 and math.isfinite(self.max_seconds)):
+            errors.append(f"max_seconds must be a positive number, got {self.max_seconds}")
+        if self.batch_size < 1:
+            errors.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if errors:
+            raise ValueError("LatencyConfig: " + "; ".join(errors))
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """What one latency measurement found (per run, i.e. per batch of ``batch_size``)."""
+
+    median_ms: float
+    """Median over all timed runs: the number to compare."""
+    p90_ms: float
+    """90th percentile of the timed runs."""
+    p10_ms: float
+    """10th percentile of the timed runs."""
+    mean_ms: float
+    """Mean of the timed runs (pulled up by outliers; prefer the median)."""
+    spread: float
+    """``(p90 - p10) / median``: how noisy the runs were (0.05 = a 5 % band)."""
+    runs: int
+    """Timed runs (warm-up excluded)."""
+    rounds: int
+    """Rounds started (a round cut short by ``max_seconds`` counts)."""
+    stable: bool
+    """True when the median settled within ``rel_tol``; False when a cap stopped it first."""
+
+    def __post_init__(self) -> None:
+        if self.runs < 1 or self.rounds < 1:
+            raise ValueError(
+                f"LatencyStats needs runs and rounds >= 1, got {self.runs}/{self.rounds}"
+            )
+        if not self.p10_ms <= self.median_ms <= self.p90_ms:
+            raise ValueError(
+                f"LatencyStats: expected p10 <= median <= p90, got "
+                f"{self.p10_ms} / {self.median_ms} / {self.p90_ms}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (``from_dict`` reads them back)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LatencyStats:
+        """Inverse of :meth:`to_dict` (for cached records)."""
+        return cls(**data)
+
+    @classmethod
+    def from_times(
+        cls, times_s: list[float] | np.ndarray, rounds: int, stable: bool
+    ) -> LatencyStats:
+        """Summarise per-run durations given in seconds."""
+        ms = np.asarray(times_s, dtype=np.float64) * 1e3
+        if ms.size == 0:
+            raise ValueError("LatencyStats.from_times needs at least one timed run")
+        p10, median, p90 = (float(v) for v in np.percentile(ms, [10, 50, 90]))
+        return cls(
+            median_ms=median,
+            p90_ms=p90,
+            p10_ms=p10,
+            mean_ms=float(ms.mean()),
+            spread=(p90 - p10) / median if median > 0 else 0.0,
+            runs=int(ms.size),
+            rounds=rounds,
+            stable=stable,
+        )
+
+
+def measure_latency(
+    fn: Callable[[], object],
+    config: LatencyConfig | None = None,
+    *,
+    clock: Callable[[], float] = time.perf_counter,
+) -> LatencyStats:
+    """Time ``fn`` with the protocol in ``config`` (see the module docstring).
+
+    Args:
+        fn: One run (one batch). Its result is discarded; it must block until the work is done
+            (synchronise a GPU inside it).
+        config: The protocol; defaults to ``LatencyConfig()``.
+        clock: Seconds as a float; injectable so tests can drive the protocol deterministically.
+
+    Returns:
+        The statistics of the timed runs, with ``stable`` telling whether the median settled.
+    """
+    config = config or LatencyConfig()
+    times: list[float] = []
+    rounds = 0
+    stable = False
+    gc.collect()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        start = clock()
+        for _ in range(config.warmup):
+            fn()
+        previous_median: float | None = None
+        out_of_time = False
+        while rounds < config.max_rounds and not out_of_time:
+            rounds += 1
+            round_start = clock()
+            round_runs = 0
+            complete = False
+            while not complete:
+                t0 = clock()
+                fn()
+                t1 = clock()
+                times.append(t1 - t0)
+                round_runs += 1
+                complete = (
+                    round_runs >= config.round_runs and t1 - round_start >= config.min_round_seconds
+                )
+                if t1 - start >= config.max_seconds:
+                    out_of_time = True
+                    break
+            if not complete:
+                break  # cut short by max_seconds: a partial round says nothing about stability
+            median = float(np.median(times))
+            if (
+                previous_median is not None
+                and rounds >= config.min_rounds
+                and abs(median - previous_median) <= config.rel_tol * previous_median
+            ):
+                stable = True
+                break
+            previous_median = median
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return LatencyStats.from_times(times, rounds, stable)
+
+
+def measure_compiled(
+    compiled: Compiled, example_input: torch.Tensor, config: LatencyConfig | None = None
+) -> LatencyStats:
+    """Time ``compiled.run`` on a batch of ``config.batch_size`` copies of ``example_input``.
+
+    The batch is built once, as a contiguous float32 array, so only the runtime is timed.
+
+    Args:
+        compiled: A compiled candidate (any runtime).
+        example_input: A batch-1 input; its first sample is repeated along the batch axis.
+        config: The protocol; defaults to ``LatencyConfig()``.
+    """
+    config = config or LatencyConfig()
+    sample = example_input.detach().cpu()[:1].float()
+    batch = np.ascontiguousarray(
+        sample.repeat(config.batch_size, *([1] * (sample.dim() - 1))).numpy(), dtype=np.float32
+    )
+    return measure_latency(lambda: compiled.run(batch), config)
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else ``None``."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return None

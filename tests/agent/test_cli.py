@@ -1,0 +1,143 @@
+"""The CLI as a user runs it: a subprocess, its exit code, its JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BYO = f"{ROOT / 'examples' / 'byo_model.py'}:build"
+STABLE_KEYS = {
+    "accuracy",
+    "baseline_accuracy",
+    "latency_ms",
+    "latency_p90_ms",
+    "baseline_latency_ms",
+    "speedup",
+    "flops",
+    "params",
+    "size_bytes",
+}
+
+
+def layerpilot(*args: str, cache: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    if cache is not None:
+        env["LAYERPILOT_CACHE"] = str(cache)
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
+    )
+
+
+def test_evaluate_byo_model_prints_stable_json_keys():
+    proc = layerpilot(
+        "evaluate",
+        "--model",
+        BYO,
+        "--strategy",
+        '{"*": {"precision": "int8"}}',
+        "--max-seconds",
+        "1",
+        "--json",
+    )
+
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data.keys() >= STABLE_KEYS
+    assert data["baseline_accuracy"] > 50
+    assert abs(data["accuracy"] - data["baseline_accuracy"]) < 10
+    assert data["latency_ms"] > 0 and data["latency_p90_ms"] >= data["latency_ms"]
+    assert data["params"] == data["baseline_params"]  # int8 changes precision, not structure
+    assert data["size_bytes"] < data["baseline_size_bytes"]
+
+
+def test_evaluate_identity_strategy_keeps_baseline_accuracy():
+    proc = layerpilot(
+        "evaluate", "--model", BYO, "--strategy", "{}", "--max-seconds", "1", "--json"
+    )
+
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["accuracy"] == data["baseline_accuracy"]
+    assert data["flops"] == data["baseline_flops"]
+
+
+@pytest.mark.parametrize(
+    ("strategy", "fragment"),
+    [
+        ('{"nope.conv": {"prune": 0.5}}', "no decision unit 'nope.conv'"),
+        ('{"*": {"prune": 2}}', "prune ratio must be in"),
+        ("{broken", "not valid JSON"),
+        ("does/not/exist.json", "does not exist"),
+    ],
+)
+def test_evaluate_bad_strategy_exits_2_with_a_clear_error(strategy, fragment):
+    proc = layerpilot("evaluate", "--model", BYO, "--strategy", strategy)
+
+    assert proc.returncode == 2
+    assert "error:" in proc.stderr and fragment in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_evaluate_unknown_workload_lists_the_known_ones():
+    proc = layerpilot("evaluate", "--workload", "imagenet", "--strategy", "{}")
+
+    assert proc.returncode == 2
+    assert "digits-resnet" in proc.stderr
+
+
+def test_evaluate_fp16_on_cpu_runtime_is_refused_clearly():
+    proc = layerpilot("evaluate", "--model", BYO, "--strategy", '{"*": {"precision": "fp16"}}')
+
+    assert proc.returncode == 2
+    assert "fp16" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_runtimes_reports_tensorrt_unavailable_with_reason_here():
+    proc = layerpilot("runtimes", "--json")
+
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"]: r for r in json.loads(proc.stdout)}
+    assert rows["onnxruntime-cpu"]["available"]
+    if not rows["tensorrt"]["available"]:
+        assert rows["tensorrt"]["reason"]
+
+
+def test_profile_lists_units_with_latency_shares():
+    proc = layerpilot("profile", "--model", BYO, "--json", "--runs", "10")
+
+    assert proc.returncode == 0, proc.stderr
+    units = json.loads(proc.stdout)["units"]
+    assert units and all(
+        {"name", "kind", "flops", "params", "latency_share"} <= u.keys() for u in units
+    )
+    assert 0.5 < sum(u["latency_share"] for u in units if u["kind"] in ("conv", "linear")) <= 1.0001
+
+
+@pytest.mark.slow
+def test_evaluate_builtin_workload_end_to_end(workload_cache):
+    proc = layerpilot(
+        "evaluate",
+        "--workload",
+        "digits-resnet",
+        "--strategy",
+        str(ROOT / "examples" / "strategies" / "prune50_int8.json"),
+        "--json",
+        cache=workload_cache,
+    )
+
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["baseline_accuracy"] > 95
+    assert data["params"] < data["baseline_params"] / 2
+    assert data["flops"] < data["baseline_flops"] / 2

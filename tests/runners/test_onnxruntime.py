@@ -1,0 +1,282 @@
+"""ONNX export, per-module int8 (QDQ) and the ONNX Runtime CPU runtime, on tiny models."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from runners.base import Candidate, UnsupportedPrecisionError, module_of_onnx_node
+from runners.onnxruntime import (
+    TENSORRT_INT8,
+    Int8Scheme,
+    MissingCalibrationError,
+    OnnxRuntimeCPU,
+    OnnxRuntimeCUDA,
+    PrecisionMappingError,
+    build_onnx,
+    export_onnx,
+    onnx_size_bytes,
+)
+
+from models import TEST_MODELS, make_model
+
+_COMPUTE_OPS = {"Conv", "Gemm", "MatMul"}
+
+
+def _candidate(name: str, precisions: dict[str, str] | None = None) -> Candidate:
+    model, x = make_model(name)
+    calibration = torch.randn(32, *x.shape[1:], generator=torch.Generator().manual_seed(7))
+    return Candidate(model, x, precisions or {}, calibration if precisions else None)
+
+
+def _batch(candidate: Candidate, n: int) -> torch.Tensor:
+    shape = candidate.example_input.shape[1:]
+    return torch.randn(n, *shape, generator=torch.Generator().manual_seed(11))
+
+
+def _reference(candidate: Candidate, batch: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return candidate.model(batch).numpy()
+
+
+@pytest.mark.parametrize(
+    ("node", "module"),
+    [
+        ("/layer1/layer1.0/conv1/Conv", "layer1.0.conv1"),
+        ("/layer2/layer2.0/downsample/downsample.0/Conv", "layer2.0.downsample.0"),
+        ("/encoder/layers.0/self_attn/MatMul", "encoder.layers.0.self_attn"),
+        ("/layers.1/attention/query/MatMul", "layers.1.attention.query"),
+        ("/0/0.1/Conv", "0.1"),
+        ("/Relu", ""),
+        ("Identity_105", ""),
+    ],
+)
+def test_module_of_onnx_node_rebuilds_the_full_module_path(node, module):
+    assert module_of_onnx_node(node) == module
+
+
+@pytest.mark.parametrize("name", list(TEST_MODELS))
+def test_export_onnx_names_every_node_after_a_real_module(name, tmp_path):
+    model, x = make_model(name)
+
+    path = export_onnx(model, x, tmp_path / "model.onnx")
+
+    modules = dict(model.named_modules())
+    nodes = [n.name for n in onnx.load(str(path)).graph.node]
+    assert [n for n in nodes if module_of_onnx_node(n) not in modules] == []
+    compute = [n for n in onnx.load(str(path)).graph.node if n.op_type in _COMPUTE_OPS]
+    assert all(module_of_onnx_node(n.name) for n in compute)  # none left at the root
+
+
+def test_export_onnx_restores_the_attention_fast_path(tmp_path):
+    model, x = make_model("transformer")
+    assert torch.backends.mha.get_fastpath_enabled()
+
+    export_onnx(model, x, tmp_path / "model.onnx")
+
+    assert torch.backends.mha.get_fastpath_enabled()
+
+
+@pytest.mark.parametrize("name", ["resnet", "transformer"])
+@pytest.mark.parametrize("batch_size", [1, 5])
+def test_ort_fp32_outputs_equal_torch_at_any_batch_size(name, batch_size, tmp_path):
+    candidate = _candidate(name)
+    batch = _batch(candidate, batch_size)
+
+    compiled = OnnxRuntimeCPU().compile(candidate, tmp_path)
+    out = compiled.run(batch.numpy())
+
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, _reference(candidate, batch), atol=1e-4, rtol=1e-3)
+
+
+def test_ort_compiled_reports_file_size_and_measurement_facts(tmp_path):
+    compiled = OnnxRuntimeCPU(threads=1).compile(_candidate("resnet"), tmp_path)
+
+    assert compiled.size_bytes == compiled.onnx_path.stat().st_size
+    assert compiled.info["threads"] == 1
+    assert compiled.info["provider"] == "CPUExecutionProvider"
+    assert compiled.info["onnx_path"] == str(compiled.onnx_path)
+    assert compiled.info["int8_nodes"] == 0
+    assert isinstance(compiled.info["onnxruntime"], str)
+
+
+def test_ort_int8_on_one_conv_quantizes_only_that_conv(tmp_path):
+    candidate = _candidate("resnet", {"layer1.0.conv1": "int8"})
+    batch = _batch(candidate, 4)
+
+    compiled = OnnxRuntimeCPU().compile(candidate, tmp_path)
+
+    graph = onnx.load(str(compiled.onnx_path)).graph
+    producer = {out: n for n in graph.node for out in n.output}
+    counts = Counter(n.op_type for n in graph.node)
+    assert counts["QuantizeLinear"] >= 2  # the conv's input and output activations
+    assert counts["DequantizeLinear"] >= 3  # ... and its weight
+    dequantized_compute = [
+        n.name
+        for n in graph.node
+        if n.op_type in _COMPUTE_OPS
+        and any(i in producer and producer[i].op_type == "DequantizeLinear" for i in n.input)
+    ]
+    assert dequantized_compute == ["/layer1/layer1.0/conv1/Conv"]
+    conv = next(n for n in graph.node if n.name == "/layer1/layer1.0/conv1/Conv")
+    conv_input = producer[producer[conv.input[0]].input[0]].input[0]  # tensor -> Q -> DQ -> conv
+    quantized = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
+    assert quantized == {conv_input, conv.output[0]}
+    assert compiled.info["int8_nodes"] == 1
+    np.testing.assert_allclose(
+        compiled.run(batch.numpy()), _reference(candidate, batch), atol=0.02, rtol=0
+    )
+
+
+def test_ort_int8_node_names_survive_pre_processing(tmp_path):
+    candidate = _candidate("transformer", {"": "int8"})
+
+    OnnxRuntimeCPU().compile(candidate, tmp_path)
+
+    exported = onnx.load(str(tmp_path / "model.onnx")).graph.node
+    pre = {n.name for n in onnx.load(str(tmp_path / "model.pre.onnx")).graph.node}
+    compute = {n.name for n in exported if n.op_type in _COMPUTE_OPS}
+    assert compute and compute <= pre
+
+
+def test_ort_int8_everywhere_but_fc_keeps_fc_in_fp32_and_shrinks_the_file(tmp_path):
+    fp32 = OnnxRuntimeCPU().compile(_candidate("resnet"), tmp_path / "fp32")
+    candidate = _candidate("resnet", {"": "int8", "fc": "fp32"})
+    batch = _batch(candidate, 8)
+
+    int8 = OnnxRuntimeCPU().compile(candidate, tmp_path / "int8")
+
+    graph = onnx.load(str(int8.onnx_path)).graph
+    producer = {out: n.op_type for n in graph.node for out in n.output}
+    fc = next(n for n in graph.node if n.name == "/fc/Gemm")
+    assert all(producer.get(i) != "DequantizeLinear" for i in fc.input)
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert all(any(producer.get(i) == "DequantizeLinear" for i in n.input) for n in convs)
+    assert int8.size_bytes < fp32.size_bytes / 2
+    out, ref = int8.run(batch.numpy()), _reference(candidate, batch)
+    assert np.corrcoef(out.ravel(), ref.ravel())[0, 1] > 0.99
+
+
+def test_ort_int8_on_a_transformer_linear_runs_close_to_fp32(tmp_path):
+    candidate = _candidate("transformer", {"encoder.layers.0.linear1": "int8"})
+    batch = _batch(candidate, 4)
+
+    compiled = OnnxRuntimeCPU().compile(candidate, tmp_path)
+
+    graph = onnx.load(str(compiled.onnx_path)).graph
+    producer = {out: n.op_type for n in graph.node for out in n.output}
+    int8_matmuls = {
+        n.name
+        for n in graph.node
+        if n.op_type in _COMPUTE_OPS and any(producer.get(i) == "DequantizeLinear" for i in n.input)
+    }
+    assert "/encoder/layers.0/linear1/MatMul" in int8_matmuls
+    assert not any("self_attn" in n or "linear2" in n for n in int8_matmuls)
+    np.testing.assert_allclose(
+        compiled.run(batch.numpy()), _reference(candidate, batch), atol=0.05, rtol=0
+    )
+
+
+def test_ort_cpu_rejects_fp16_naming_module_and_supported_precisions(tmp_path):
+    candidate = _candidate("resnet", {"layer1.0": "fp16"})
+
+    with pytest.raises(UnsupportedPrecisionError, match=r"'layer1\.0'.*'fp16'.*fp32, int8"):
+        OnnxRuntimeCPU().compile(candidate, tmp_path)
+
+    assert not (tmp_path / "model.onnx").exists()  # refused before exporting
+
+
+def test_ort_int8_without_calibration_raises_missing_calibration(tmp_path):
+    model, x = make_model("resnet")
+    candidate = Candidate(model, x, {"layer1.0": "int8"}, calibration=None)
+
+    with pytest.raises(MissingCalibrationError, match="calibration"):
+        OnnxRuntimeCPU().compile(candidate, tmp_path)
+
+
+def test_ort_int8_with_misshaped_calibration_raises_missing_calibration(tmp_path):
+    model, x = make_model("resnet")
+    candidate = Candidate(model, x, {"layer1.0": "int8"}, calibration=torch.randn(4, 3, 8, 8))
+
+    with pytest.raises(MissingCalibrationError, match="shape"):
+        OnnxRuntimeCPU().compile(candidate, tmp_path)
+
+
+def test_ort_precision_on_unknown_module_raises_precision_mapping_error(tmp_path):
+    candidate = _candidate("resnet", {"layer9.conv1": "int8"})
+
+    with pytest.raises(PrecisionMappingError, match=r"'layer9\.conv1'.*layer1\.0\.conv1"):
+        OnnxRuntimeCPU().compile(candidate, tmp_path)
+
+
+def test_ort_runtime_rejects_zero_threads():
+    with pytest.raises(ValueError, match="threads"):
+        OnnxRuntimeCPU(threads=0)
+
+
+def test_ort_cuda_explains_why_it_is_unavailable_without_cuda_provider(tmp_path):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("the CUDA provider is available here")
+    runtime = OnnxRuntimeCUDA()
+
+    reason = runtime.unavailable_reason()
+
+    assert reason is not None and "CUDAExecutionProvider" in reason
+    from runners.base import RuntimeUnavailableError
+
+    with pytest.raises(RuntimeUnavailableError, match="CUDAExecutionProvider"):
+        runtime.compile(_candidate("resnet"), tmp_path)
+
+
+def test_tensorrt_int8_scheme_gives_signed_zero_point_free_qdq_that_still_runs(tmp_path):
+    candidate = _candidate("resnet", {"layer1": "int8"})
+    batch = _batch(candidate, 4)
+
+    artifact = build_onnx(
+        candidate, tmp_path, supported=frozenset({"fp32", "int8"}), int8=TENSORRT_INT8
+    )
+
+    model = onnx.load(str(artifact.path))
+    zero_points = [
+        numpy_helper.to_array(t) for t in model.graph.initializer if t.name.endswith("zero_point")
+    ]
+    activation_zero_points = [z for z in zero_points if z.dtype != np.int32]  # int32: biases
+    assert activation_zero_points
+    assert all(z.dtype == np.int8 and not z.any() for z in activation_zero_points)
+    assert len(artifact.int8_nodes) >= 4  # the four convs of layer1
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(artifact.path), providers=["CPUExecutionProvider"])
+    out = session.run(None, {"input": batch.numpy()})[0]
+    np.testing.assert_allclose(out, _reference(candidate, batch), atol=0.05, rtol=0)
+
+
+def test_int8_scheme_rejects_unknown_activation_type():
+    with pytest.raises(ValueError, match="activation_type"):
+        Int8Scheme("QInt4")
+
+
+def test_onnx_size_bytes_counts_external_data(tmp_path):
+    model, x = make_model("resnet")
+    path = export_onnx(model, x, tmp_path / "model.onnx")
+    proto = onnx.load(str(path))
+    onnx.save_model(
+        proto,
+        str(tmp_path / "ext.onnx"),
+        save_as_external_data=True,
+        location="ext.bin",
+        size_threshold=0,
+    )
+
+    size = onnx_size_bytes(tmp_path / "ext.onnx")
+
+    assert size == (tmp_path / "ext.onnx").stat().st_size + (tmp_path / "ext.bin").stat().st_size
+    assert size > path.stat().st_size * 0.9
