@@ -171,11 +171,12 @@ def discover_units(model: nn.Module, example_input: torch.Tensor) -> UnitTable:
 
     Never raises for an unusual model: what cannot be analysed is masked with a reason.
     """
+    from runners.metrics import flops_by_module  # a leaf module: no cycle back here
     from search_spaces.actions import annotate  # the registry decides allowed/masked
 
     model = model.eval()
     trace = _trace_calls(model, example_input)
-    flops = _flops_by_module(model, example_input)
+    flops = flops_by_module(model, example_input)
     total_flops = flops.get("", 0) or sum(v for k, v in flops.items() if "." not in k)
     modules = dict(model.named_modules())
     attention_children = {
@@ -307,22 +308,6 @@ def _trace_calls(model: nn.Module, example_input: torch.Tensor) -> _Trace:
             h.remove()
     trace.model_output_shape = tuple(out.shape) if isinstance(out, torch.Tensor) else ()
     return trace
-
-
-def _flops_by_module(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False, depth=64)  # every module path
-    with torch.no_grad(), counter:
-        model(example_input)
-    result: dict[str, int] = {}
-    for key, per_op in counter.get_flop_counts().items():
-        if key == "Global":
-            result[""] = int(sum(per_op.values()))
-            continue
-        _, _, path = key.partition(".")  # keys are "<RootClass>.<module path>"
-        result[path] = int(sum(per_op.values()))
-    return result
 
 
 def _is_block_candidate(name: str, mod: nn.Module, modules: dict[str, nn.Module]) -> bool:

@@ -85,7 +85,9 @@ class Workload:
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, nn.Module):
-            raise TypeError(f"Workload {self.name!r}: model must be an nn.Module, got {type(self.model)}")
+            raise TypeError(
+                f"Workload {self.name!r}: model must be an nn.Module, got {type(self.model)}"
+            )
         if self.example_input.shape[0] != 1:
             raise ValueError(
                 f"Workload {self.name!r}: example_input must have batch size 1, "
