@@ -123,7 +123,7 @@ def cmd_workloads(args: argparse.Namespace) -> int:
     from runners.latency import LatencyConfig
     from search_spaces import Strategy
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     config = EvalConfig(latency=LatencyConfig(max_seconds=3.0))
     for name in list_workloads():
         wl = get_workload(name, cache_dir=args.cache_dir, progress=_stderr_progress(not args.json))
@@ -183,7 +183,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     wl = _load_workload(args)
     subject = Subject.prepare(wl)
     shares = latency_shares(subject.model, wl.example_input, subject.units.names, runs=args.runs)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "index": u.index,
             "name": u.name,
@@ -273,7 +273,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_runtimes(args: argparse.Namespace) -> int:
     from runners import get_runtime, list_runtimes
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in list_runtimes():
         runtime = get_runtime(name)
         rows.append(

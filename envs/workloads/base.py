@@ -14,7 +14,7 @@ Metric = Callable[[np.ndarray, np.ndarray], float]
 
 
 def accuracy(outputs: np.ndarray, targets: np.ndarray) -> float:
-    """Top-1 accuracy in percent (0-100) of class scores ``outputs`` [N, C] against ``targets`` [N]."""
+    """Top-1 accuracy in percent (0-100) of scores ``outputs`` [N, C] against ``targets`` [N]."""
     if len(targets) == 0:
         raise ValueError("accuracy of an empty split is undefined")
     return float((np.asarray(outputs).argmax(axis=1) == np.asarray(targets)).mean() * 100.0)
@@ -95,7 +95,8 @@ class Workload:
             )
         if self.example_input.shape[1:] != self.eval.inputs.shape[1:]:
             raise ValueError(
-                f"Workload {self.name!r}: example_input shape {tuple(self.example_input.shape[1:])} "
-                f"differs from eval inputs {tuple(self.eval.inputs.shape[1:])}"
+                f"Workload {self.name!r}: example_input shape "
+                f"{tuple(self.example_input.shape[1:])} differs from eval inputs "
+                f"{tuple(self.eval.inputs.shape[1:])}"
             )
         self.model.eval()
