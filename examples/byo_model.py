@@ -17,7 +17,7 @@ A ``Workload`` bundles four things:
 * ``eval`` -- the held-out ``DataSplit`` on which ``metric`` (default: top-1 accuracy in percent)
   is reported for every candidate.
 
-Here the model is a small CNN trained in about a second on scikit-learn's 8×8 digits. In
+Here the model is a small CNN trained in a few seconds on scikit-learn's 8×8 digits. In
 practice ``build`` would load your checkpoint (``model.load_state_dict(torch.load(...))``) and
 your data instead of training.
 """

@@ -121,7 +121,9 @@ def load_workload_spec(spec: str) -> Workload:
         defined = sorted(
             n
             for n, v in vars(module).items()
-            if callable(v) and not n.startswith("_") and v.__module__ == module.__name__
+            if callable(v)
+            and not n.startswith("_")
+            and getattr(v, "__module__", None) == module.__name__
         )
         raise WorkloadSpecError(
             f"{target!r} has no attribute {func_name!r} (spec {spec!r}); "

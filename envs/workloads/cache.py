@@ -228,6 +228,7 @@ def _write_atomic(path: Path, model: nn.Module, metrics: TrainMetrics) -> None:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a shared cache must stay readable
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
