@@ -36,14 +36,20 @@ if TYPE_CHECKING:
 class LatencyConfig:
     """How a latency is measured (the same protocol for every runtime)."""
 
-    warmup: int = 10
+    warmup: int = 20
     """Untimed runs before timing (allocations, lazy kernel selection, caches)."""
+    warmup_seconds: float = 0.2
+    """Warm-up also lasts at least this long, so timing starts after the CPU has settled from
+    whatever ran before (a freshly prepared model's torch work left the first baseline of the
+    transforms benchmark 6 % slow; 0 disables it)."""
     round_runs: int = 50
     """Timed runs per round (at least); stability is checked after each round."""
-    min_round_seconds: float = 0.05
+    min_round_seconds: float = 0.2
     """A round also lasts at least this long: sub-millisecond models get more runs per round,
-    so each round spans more than a few scheduler time slices (0 disables it)."""
-    min_rounds: int = 3
+    so each round spans many scheduler time slices (0 disables it). With ``min_rounds`` this
+    times every model for at least a second: shorter windows let one burst of background
+    activity move a 1 ms median by 5 % (seen in the transforms benchmark)."""
+    min_rounds: int = 5
     """Rounds always run (unless ``max_seconds`` is hit first); at least 2, because stability
     compares consecutive rounds."""
     max_rounds: int = 20
@@ -61,6 +67,8 @@ class LatencyConfig:
         errors = []
         if self.warmup < 0:
             errors.append(f"warmup must be >= 0, got {self.warmup}")
+        if not 0.0 <= self.warmup_seconds < math.inf:
+            errors.append(f"warmup_seconds must be >= 0, got {self.warmup_seconds}")
         if self.round_runs < 1:
             errors.append(f"round_runs must be >= 1, got {self.round_runs}")
         if not 0.0 <= self.min_round_seconds < math.inf:
@@ -171,8 +179,12 @@ def measure_latency(
     gc.disable()
     try:
         start = clock()
-        for _ in range(config.warmup):
+        warm = 0
+        while warm < config.warmup or clock() - start < config.warmup_seconds:
             fn()
+            warm += 1
+            if clock() - start >= config.max_seconds:
+                break
         previous_median: float | None = None
         out_of_time = False
         while rounds < config.max_rounds and not out_of_time:

@@ -33,6 +33,7 @@ def _config(**changes: object) -> LatencyConfig:
         "warmup": 2,
         "round_runs": 10,
         "min_round_seconds": 0.0,
+        "warmup_seconds": 0.0,
         "min_rounds": 3,
         "max_rounds": 8,
         "rel_tol": 0.02,
@@ -197,3 +198,22 @@ def test_measure_compiled_runs_one_contiguous_float32_batch_of_batch_size():
     assert batch.dtype == np.float32
     assert batch.flags["C_CONTIGUOUS"]
     np.testing.assert_array_equal(batch[3], example[0].numpy())
+
+
+def test_warmup_lasts_at_least_warmup_seconds():
+    clock = FakeClock()
+    calls = []
+    timed = clock.runs(iter([1.0] * 1000))  # every run takes 1 ms of fake time
+
+    def run() -> None:
+        calls.append(clock())
+        timed()
+
+    stats = measure_latency(
+        run,
+        _config(warmup=1, warmup_seconds=0.05, round_runs=1, min_rounds=2, max_rounds=2),
+        clock=clock,
+    )
+
+    assert stats.runs == 2
+    assert len(calls) - stats.runs == 50  # warm-up ran until 50 ms had passed, not once
