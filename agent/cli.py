@@ -108,6 +108,11 @@ def _fmt_int(n: float) -> str:
     return f"{n:.0f}"
 
 
+def _console() -> Console:
+    """Stdout console; wide when piped (rich would fold tables to 80 columns)."""
+    return Console(width=None if sys.stdout.isatty() else 160)
+
+
 def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=str))
 
@@ -117,7 +122,7 @@ def _print_json(data: Any) -> None:
 
 
 def cmd_workloads(args: argparse.Namespace) -> int:
-    from envs.workloads import get_workload, list_workloads
+    from envs.workloads import BUILTINS, get_workload, list_workloads
     from runners.build import Subject
     from runners.evaluate import EvalConfig, measure
     from runners.latency import LatencyConfig
@@ -126,26 +131,27 @@ def cmd_workloads(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     config = EvalConfig(latency=LatencyConfig(max_seconds=3.0))
     for name in list_workloads():
+        row: dict[str, Any] = {"name": name, "description": BUILTINS[name].description}
+        if args.no_measure:  # list only: never trains a workload that is not cached yet
+            rows.append(row)
+            continue
         wl = get_workload(name, cache_dir=args.cache_dir, progress=_stderr_progress(not args.json))
-        row: dict[str, Any] = {
-            "name": name,
-            "description": wl.description,
+        row |= {
             "input_shape": list(wl.example_input.shape),
             "train_samples": len(wl.train),
             "eval_samples": len(wl.eval),
         }
-        if not args.no_measure:
-            m = measure(Subject.prepare(wl), Strategy(), config)
-            row |= {
-                "accuracy": m.accuracy,
-                "latency_ms": m.latency.median_ms,
-                "latency_p90_ms": m.latency.p90_ms,
-                "flops": m.flops,
-                "params": m.params,
-                "size_bytes": m.size_bytes,
-                "runtime": config.runtime,
-                "threads": config.threads,
-            }
+        m = measure(Subject.prepare(wl), Strategy(), config)
+        row |= {
+            "accuracy": m.accuracy,
+            "latency_ms": m.latency.median_ms,
+            "latency_p90_ms": m.latency.p90_ms,
+            "flops": m.flops,
+            "params": m.params,
+            "size_bytes": m.size_bytes,
+            "runtime": config.runtime,
+            "threads": config.threads,
+        }
         rows.append(row)
     if args.json:
         _print_json(rows)
@@ -165,14 +171,14 @@ def cmd_workloads(args: argparse.Namespace) -> int:
         measured = "accuracy" in r
         table.add_row(
             r["name"],
-            "×".join(map(str, r["input_shape"][1:])),
+            "×".join(map(str, r["input_shape"][1:])) if measured else "-",
             f"{r['accuracy']:.2f}" if measured else "-",
             f"{r['latency_ms']:.3f} ({r['latency_p90_ms']:.3f})" if measured else "-",
             _fmt_int(r["flops"]) if measured else "-",
             _fmt_int(r["params"]) if measured else "-",
             r["description"],
         )
-    Console().print(table)
+    _console().print(table)
     return 0
 
 
@@ -204,7 +210,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
         return 0
     table = Table(title=f"Decision units of {wl.name} ({len(rows)} units)")
     for col in ("#", "unit", "kind", "shape", "FLOPs", "FLOPs %", "params", "latency %", "actions"):
-        table.add_column(col, justify="right" if col in ("#", "FLOPs", "params") else "left")
+        table.add_column(
+            col,
+            justify="right" if col in ("#", "FLOPs", "params") else "left",
+            no_wrap=col in ("unit", "shape"),
+        )
     for r in rows:
         actions = ", ".join(r["allowed"]) or "-"
         if r["coupled_to"]:
@@ -220,7 +230,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
             f"{100 * r['latency_share']:.1f}",
             actions,
         )
-    Console().print(table)
+    _console().print(table)
     return 0
 
 
@@ -259,7 +269,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     table.add_row(
         "size", _fmt_int(data["baseline_size_bytes"]) + "B", _fmt_int(data["size_bytes"]) + "B"
     )
-    console = Console()
+    console = _console()
     console.print(table)
     info = data["info"]
     console.print(
@@ -294,7 +304,7 @@ def cmd_runtimes(args: argparse.Namespace) -> int:
         table.add_row(
             r["name"], ", ".join(r["precisions"]), "yes" if r["available"] else f"no: {r['reason']}"
         )
-    Console().print(table)
+    _console().print(table)
     return 0
 
 

@@ -119,7 +119,9 @@ class Unit:
         if self.kind == "attention":
             return f"{self.heads} heads × {self.out_channels // max(self.heads, 1)}"
         if self.kind == "block":
-            return f"{list(self.input_shape[1:])}→{list(self.output_shape[1:])}"
+            shape_in = "×".join(map(str, self.input_shape[1:]))
+            shape_out = "×".join(map(str, self.output_shape[1:]))
+            return shape_in if shape_in == shape_out else f"{shape_in}→{shape_out or '?'}"
         text = f"{self.in_channels}→{self.out_channels}"
         if self.kind == "conv":
             text += f" k{self.kernel} s{self.stride}"

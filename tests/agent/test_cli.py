@@ -141,3 +141,22 @@ def test_evaluate_builtin_workload_end_to_end(workload_cache):
     assert data["baseline_accuracy"] > 95
     assert data["params"] < data["baseline_params"] / 2
     assert data["flops"] < data["baseline_flops"] / 2
+
+
+def test_workloads_no_measure_lists_builtins_without_training(tmp_path):
+    proc = layerpilot("workloads", "--no-measure", "--json", cache=tmp_path)
+
+    assert proc.returncode == 0, proc.stderr
+    names = [r["name"] for r in json.loads(proc.stdout)]
+    assert names == ["digits-resnet", "mnist1d-cnn", "mnist1d-transformer"]
+    assert not any(tmp_path.rglob("*.pt"))  # nothing was trained into the empty cache
+
+
+@pytest.mark.slow
+def test_workloads_measures_every_builtin(workload_cache):
+    proc = layerpilot("workloads", "--json", cache=workload_cache)
+
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert len(rows) == 3
+    assert all(r["accuracy"] > 90 and r["latency_ms"] > 0 and r["flops"] > 0 for r in rows)
