@@ -5,11 +5,12 @@ Usage:
 
 Per workload, one row per strategy: uniform prune 25/50/75 %, int8 everywhere, skip 1 / 2
 blocks (the blocks whose removal costs least accuracy, chosen greedily on the train split),
-low-rank 50 % wherever it applies, prune 50 % + int8. Columns: accuracy and drop, latency median
-/ p90 (batch 1, 1 thread), measured speedup, FLOP-ideal speedup (FLOPs ratio with int8 ops
-counted at ¼ cost), and realization (measured ÷ ideal). The baseline is measured at the start and
-again at the end of each workload: their difference is the repeatability figure. Only BatchNorm
-re-estimation (16 calibration batches) is applied after structural changes — no fine-tuning.
+low-rank 50 % wherever it applies, prune 50 % + int8, and int8 + the two skips. Columns:
+accuracy and drop, latency median / p90 (batch 1, 1 thread), measured speedup, FLOP-ideal
+speedup (FLOPs ratio with int8 ops counted at ¼ cost), and realization (measured ÷ ideal). The
+baseline is measured at the start and again at the end of each workload: their difference is the
+repeatability figure. Only BatchNorm re-estimation (16 calibration batches) is applied after
+structural changes — no fine-tuning.
 """
 
 from __future__ import annotations
@@ -55,15 +56,19 @@ def strategies(subject: Subject) -> dict[str, Strategy]:
         "prune 75 %": {"*": {"prune": 0.75}},
         "int8 everywhere": {"*": {"precision": "int8"}},
     }
+    skips = cheapest_skips(subject, 2)
     for n in (1, 2):
-        blocks = cheapest_skips(subject, n)
-        if len(blocks) == n:
-            rows[f"skip {n} block{'s' * (n > 1)} ({', '.join(blocks)})"] = {
-                b: {"skip": True} for b in blocks
+        if len(skips) >= n:
+            rows[f"skip {n} block{'s' * (n > 1)} ({', '.join(skips[:n])})"] = {
+                b: {"skip": True} for b in skips[:n]
             }
     if any(u.allows("lowrank") for u in subject.units):
         rows["lowrank 50 %"] = {"*": {"lowrank": 0.5}}
     rows["prune 50 % + int8"] = {"*": {"prune": 0.5, "precision": "int8"}}
+    if len(skips) == 2:
+        rows["int8 + skip 2 blocks"] = {"*": {"precision": "int8"}} | {
+            b: {"skip": True} for b in skips
+        }
     return {k: Strategy.from_dict(v) for k, v in rows.items()}
 
 
