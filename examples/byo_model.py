@@ -18,8 +18,9 @@ A ``Workload`` bundles four things:
   is reported for every candidate.
 
 Here the model is a small CNN trained in a few seconds on scikit-learn's 8×8 digits. In
-practice ``build`` would load your checkpoint (``model.load_state_dict(torch.load(...))``) and
-your data instead of training.
+practice ``build`` would load your checkpoint
+(``model.load_state_dict(torch.load(path, weights_only=True))``) and your data instead of
+training.
 """
 
 from __future__ import annotations
