@@ -20,7 +20,7 @@ import difflib
 import math
 import operator
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -255,14 +255,8 @@ def discover_units(model: nn.Module, example_input: torch.Tensor) -> UnitTable:
             )
 
     raw = _assign_prune_groups(model, example_input, raw, trace)
-    units = tuple(annotate(_replace(u, index=i)) for i, u in enumerate(raw))
+    units = tuple(annotate(replace(u, index=i)) for i, u in enumerate(raw))
     return UnitTable(units, int(total_flops), int(sum(p.numel() for p in model.parameters())))
-
-
-def _replace(unit: Unit, **changes: Any) -> Unit:
-    from dataclasses import replace
-
-    return replace(unit, **changes)
 
 
 @dataclass
@@ -378,7 +372,7 @@ def _assign_prune_groups(
         reason = (
             f"torch-pruning could not build a dependency graph ({type(exc).__name__}: {exc!s:.80})"
         )
-        return [_replace(u, prune_reason=reason) if u in layer_units else u for u in units]
+        return [replace(u, prune_reason=reason) if u in layer_units else u for u in units]
     name_of = {id(m): n for n, m in model.named_modules()}
     layer_names = {u.name for u in layer_units}
     updates: dict[str, dict[str, Any]] = {}  # unit name -> Unit fields to change
@@ -412,7 +406,7 @@ def _assign_prune_groups(
         failure = _trial_prune(model, example_input, rep, trace.model_output_shape)
         if failure:
             updates[rep]["prune_reason"] = failure
-    return [_replace(u, **updates[u.name]) if u.name in updates else u for u in units]
+    return [replace(u, **updates[u.name]) if u.name in updates else u for u in units]
 
 
 def _trial_prune(
