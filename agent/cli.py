@@ -345,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runtimes", help="runtimes and whether they can run here")
     _add_json(p)
     p.set_defaults(func=cmd_runtimes)
+
+    from agent.cli_search import add_commands
+
+    add_commands(sub)
     return parser
 
 

@@ -1,0 +1,155 @@
+"""Non-RL baselines in the same harness as PPO: random, uniform and TPE.
+
+- ``random``: every per-unit choice uniformly at random (seeded).
+- ``uniform``: one setting for all units — each prune level × precision × low-rank ratio, and
+  the same with every skippable block skipped — in order of increasing aggressiveness. A small
+  grid (tens of candidates): it is exhausted before a budget of 100.
+- ``tpe``: Optuna's TPE sampler through Ray Tune's ``OptunaSearch`` searcher, with one
+  categorical per (unit, action) as its search space and the search's reward as its objective.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+
+from agent.base import Proposal
+from agent.records import CandidateRecord
+from search_spaces.space import DecisionSpace
+from search_spaces.strategy import Strategy
+
+
+class RandomAgent:
+    """Uniformly random legal choices at every step."""
+
+    name = "random"
+
+    def __init__(self, space: DecisionSpace, seed: int = 0) -> None:
+        self.space = space
+        self.rng = np.random.default_rng(seed)
+
+    def ask(self) -> Proposal | None:
+        return Proposal(self.space.to_strategy(self.space.sample(self.rng)))
+
+    def tell(self, record: CandidateRecord) -> None:
+        pass
+
+    def think(self) -> None:
+        pass
+
+    @property
+    def exhausted(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def uniform_grid(space: DecisionSpace) -> list[Strategy]:
+    """Every "same setting on all units" strategy, distinct, least aggressive first."""
+    searched = [name for name in space.action_names if name != "skip"]
+    grids = [range(len(space.values(name))) for name in searched]
+    skips = [False, True] if "skip" in space.action_names else [False]
+    combos = sorted(itertools.product(skips, *grids), key=lambda c: (sum(c[1:]) + 2 * c[0], c))
+    out: list[Strategy] = []
+    seen: set[str] = set()
+    for skip, *indices in combos:
+        choices = []
+        for step in space.steps:
+            choice = np.zeros_like(space.nvec)
+            for name, idx in zip(searched, indices, strict=True):
+                value = space.values(name)[idx]
+                options = step.options.get(name, ())
+                if value in options:
+                    choice[space.action_names.index(name)] = options.index(value)
+            if skip and "skip" in step.options:
+                choice[space.action_names.index("skip")] = 1
+            choices.append(choice)
+        strategy = space.to_strategy(choices)
+        if strategy.key() not in seen:
+            seen.add(strategy.key())
+            out.append(strategy)
+    return out
+
+
+class UniformAgent:
+    """Walks `uniform_grid` (the identity strategy excluded: it is the baseline)."""
+
+    name = "uniform"
+
+    def __init__(self, space: DecisionSpace, seed: int = 0) -> None:
+        del seed  # deterministic by construction
+        self._grid = [s for s in uniform_grid(space) if not s.is_identity]
+        self._next = 0
+
+    def ask(self) -> Proposal | None:
+        if self._next >= len(self._grid):
+            return None
+        self._next += 1
+        return Proposal(self._grid[self._next - 1])
+
+    def tell(self, record: CandidateRecord) -> None:
+        pass
+
+    def think(self) -> None:
+        pass
+
+    @property
+    def exhausted(self) -> bool:
+        return self._next >= len(self._grid)
+
+    def close(self) -> None:
+        pass
+
+
+class TPEAgent:
+    """Optuna TPE via Ray Tune's ``OptunaSearch`` (its ``suggest``/``on_trial_complete`` API,
+    without Tune's trial runner: the driver owns evaluation, caching and tracking)."""
+
+    name = "tpe"
+
+    def __init__(self, space: DecisionSpace, seed: int = 0, startup: int = 10) -> None:
+        import optuna
+        from optuna.distributions import BaseDistribution, CategoricalDistribution
+        from ray.tune.search.optuna import OptunaSearch
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.space = space
+        self._params = space.parameters()
+        distributions: dict[str, BaseDistribution] = {
+            key: CategoricalDistribution(values) for key, values in self._params.items()
+        }
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+        self._searcher = OptunaSearch(
+            distributions, metric="reward", mode="max", sampler=sampler, seed=seed
+        )
+        self._pending: dict[str, str] = {}  # strategy key -> trial id
+        self._count = 0
+
+    def ask(self) -> Proposal | None:
+        trial_id = f"t{self._count:05d}"
+        self._count += 1
+        params: dict[str, Any] | None = self._searcher.suggest(trial_id)
+        if params is None:
+            return None
+        strategy = self.space.from_parameters(params)
+        self._pending.setdefault(strategy.key(), trial_id)
+        return Proposal(strategy, {"trial": trial_id})
+
+    def tell(self, record: CandidateRecord) -> None:
+        trial_id = record.extras.get("trial") or self._pending.get(record.strategy.key())
+        self._pending.pop(record.strategy.key(), None)
+        if trial_id is not None:
+            self._searcher.on_trial_complete(trial_id, {"reward": record.reward})
+
+    def think(self) -> None:
+        pass
+
+    @property
+    def exhausted(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,252 @@
+"""The RL agent: RLlib PPO (new API stack) trained on a surrogate between real measurements.
+
+A real candidate costs seconds, and PPO needs thousands of episodes, so the policy does not
+learn from real measurements alone (model-based RL, in the spirit of HAQ's lookup table and
+of surrogate-assisted NAS):
+
+1. the episode env (`envs.layer_env.LayerEnv`) gets a `envs.surrogate.Surrogate` as its
+   evaluator: a measured per-(unit, choice) cost table (`envs.cost`, from single-choice probes)
+   plus ridge corrections fitted on every real candidate so far;
+2. while the executor measures a candidate, the driver calls `think`: one PPO iteration on the
+   surrogate (≈ 0.5 s, hundreds of cheap episodes' worth of steps);
+3. `ask` proposes the best not-yet-measured strategy the policy produced recently, by predicted
+   reward; with a λ-conditioned policy (λ sampled per episode and shown in the observation) the
+   proposals rotate over λ bins, so one search fills the whole speed–accuracy front;
+4. `tell` adds the real measurement and refits the surrogate.
+
+Every reported figure is a real measurement; the surrogate only steers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.base import Proposal
+from agent.records import CandidateRecord
+from envs.cost import CostModel
+from envs.layer_env import EnvConfig, Episode, LayerEnv, register_with_ray
+from envs.reward import RewardConfig, reward
+from envs.surrogate import Surrogate
+from search_spaces.space import DecisionSpace
+from search_spaces.strategy import Strategy
+
+
+@dataclass(frozen=True)
+class PPOSettings:
+    """PPO and surrogate-loop settings (``[ppo]`` in a search config file)."""
+
+    lr: float = 3e-4
+    """Adam learning rate."""
+    train_batch: int = 512
+    """Env steps per PPO iteration (one `think`)."""
+    minibatch: int = 128
+    """SGD minibatch size."""
+    epochs: int = 6
+    """SGD passes over each train batch."""
+    hidden: tuple[int, ...] = (128, 128)
+    """Hidden layer sizes of the policy and value MLPs."""
+    entropy: float = 0.01
+    """Entropy bonus (keeps the policy exploring between refits)."""
+    lam_range: tuple[float, float] | None = (0.05, 4.0)
+    """λ range the policy is conditioned on (``tradeoff``/``flops-proxy`` modes; accuracy
+    points per doubling of speed). ``None`` trains for the search's λ only."""
+    lam_bins: int = 5
+    """Proposals rotate over this many log-spaced λ bins (plus the search's own λ)."""
+    warmup_iterations: int = 8
+    """Surrogate iterations before the first proposal."""
+    explore_after: int = 6
+    """Iterations without a new strategy from the policy before `ask` explores instead (a
+    mutation of the best measured strategy), so the search never stalls."""
+    checkpoint_every: int = 25
+    """Save an RLlib checkpoint every this many iterations (0: never)."""
+
+    def __post_init__(self) -> None:
+        if self.train_batch < self.minibatch or self.minibatch < 1:
+            raise ValueError("ppo: need 1 <= minibatch <= train_batch")
+        if self.lr <= 0 or self.epochs < 1 or not self.hidden:
+            raise ValueError("ppo: lr > 0, epochs >= 1 and at least one hidden layer")
+
+
+def build_algorithm(env_config: EnvConfig, settings: PPOSettings, seed: int) -> Any:
+    """The one place the RLlib ``AlgorithmConfig`` chain is built (new API stack).
+
+    Env runners and learners stay in the driver process (``num_env_runners=0``,
+    ``num_learners=0``): the env's evaluator is the driver's surrogate, and on a 2-core machine
+    the other core belongs to the measurement worker.
+    """
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+
+    config = (
+        PPOConfig()
+        .debugging(seed=seed, log_level="ERROR")
+        .environment(env=register_with_ray(), env_config={"config": env_config})
+        .env_runners(num_env_runners=0, num_envs_per_env_runner=1)
+        .learners(num_learners=0)
+        .training(
+            lr=settings.lr,
+            gamma=1.0,  # one terminal reward per episode: no discounting across units
+            lambda_=0.95,
+            train_batch_size_per_learner=settings.train_batch,
+            minibatch_size=settings.minibatch,
+            num_epochs=settings.epochs,
+            entropy_coeff=settings.entropy,
+            vf_loss_coeff=0.5,
+            vf_clip_param=1000.0,  # rewards are in accuracy points, not unit-scaled
+        )
+        .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=list(settings.hidden)))
+        .reporting(metrics_num_episodes_for_smoothing=20)
+    )
+    return config.build_algo()
+
+
+def _local_envs(algo: Any) -> list[LayerEnv]:
+    """The env instances of the driver's local env runner (RLlib wraps them in a vector env)."""
+    vector = algo.env_runner.env.unwrapped
+    return [env.unwrapped for env in vector.envs]
+
+
+class PPOAgent:
+    """PPO on a surrogate, proposing its best unmeasured strategies (see module docstring)."""
+
+    name = "ppo"
+
+    def __init__(
+        self,
+        space: DecisionSpace,
+        reward_config: RewardConfig,
+        cost: CostModel,
+        settings: PPOSettings | None = None,
+        seed: int = 0,
+        checkpoint_dir: Path | None = None,
+        probes: list[tuple[Strategy, dict[str, Any] | None]] | None = None,
+    ) -> None:
+        self.settings = settings or PPOSettings()
+        self.reward_config = reward_config
+        self.space = space
+        self.surrogate = Surrogate(space, cost)
+        self._data: list[tuple[Strategy, dict[str, Any] | None]] = list(probes or [])
+        self.surrogate.fit(self._data)
+        conditioned = reward_config.mode in ("tradeoff", "flops-proxy")
+        lam_range = self.settings.lam_range if conditioned else None
+        env_config = EnvConfig(
+            space, self.surrogate, reward=reward_config, cost=cost, lam_range=lam_range
+        )
+        self.algo = build_algorithm(env_config, self.settings, seed)
+        self._envs = _local_envs(self.algo)
+        for env in self._envs:  # RLlib may have copied the config: point it at our surrogate
+            env.config.evaluator = self.surrogate
+        self._bins = self._lam_bins(lam_range)
+        self._turn = 0
+        self._seen: set[str] = set()
+        self._pool: dict[str, Episode] = {}
+        self.iterations = 0
+        self._idle = 0
+        self._measured: list[tuple[float, Strategy]] = []
+        self.checkpoint_dir = checkpoint_dir
+        self.last_checkpoint: Path | None = None
+        self.rng = np.random.default_rng(seed)
+
+    def _lam_bins(self, lam_range: tuple[float, float] | None) -> list[tuple[float, float]]:
+        lam = self.reward_config.lam
+        own = (lam * 0.8, lam * 1.25)
+        if lam_range is None:
+            return [own]
+        edges = np.geomspace(lam_range[0], lam_range[1], self.settings.lam_bins + 1)
+        return [own, *zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True)]
+
+    # ---------------------------------------------------------------- Agent protocol
+    def think(self) -> None:
+        self.algo.train()
+        self.iterations += 1
+        self._idle += 1
+        every = self.settings.checkpoint_every
+        if self.checkpoint_dir is not None and every and self.iterations % every == 0:
+            self.save_checkpoint()
+        for env in self._envs:
+            while env.episodes:
+                episode = env.episodes.popleft()
+                key = episode.strategy.key()
+                if key not in self._seen and not episode.strategy.is_identity:
+                    old = self._pool.get(key)
+                    if old is None or episode.reward > old.reward:
+                        self._pool[key] = episode
+        if len(self._pool) > 1536:  # keep the freshest (ask re-scores the pool each time)
+            self._pool = dict(list(self._pool.items())[-1024:])
+
+    def ask(self) -> Proposal | None:
+        if self.iterations < self.settings.warmup_iterations or not self._pool:
+            return None
+        lo, hi = self._bins[self._turn % len(self._bins)]
+        self._turn += 1
+        lam = math.sqrt(lo * hi)
+        config = self.reward_config.with_lam(lam)
+        best_key, best_value, best_pred = None, -math.inf, None
+        for key, episode in self._pool.items():
+            if not lo <= episode.lam <= hi and len(self._bins) > 1:
+                continue
+            pred = self.surrogate(episode.strategy)  # re-predict: the surrogate may be refit
+            value = reward(pred, config)
+            if value > best_value:
+                best_key, best_value, best_pred = key, value, pred
+        if best_key is None:  # nothing sampled in this bin yet: best over all at this λ
+            for key, episode in self._pool.items():
+                pred = self.surrogate(episode.strategy)
+                value = reward(pred, config)
+                if value > best_value:
+                    best_key, best_value, best_pred = key, value, pred
+        if best_key is None:
+            return self._explore() if self._idle >= self.settings.explore_after else None
+        self._idle = 0
+        episode = self._pool.pop(best_key)
+        self._seen.add(best_key)
+        extras: dict[str, Any] = {"lam": round(lam, 4), "predicted_reward": round(best_value, 4)}
+        if best_pred is not None:
+            extras["predicted_speedup"] = round(float(best_pred["speedup"]), 4)
+            extras["predicted_drop"] = round(float(best_pred["accuracy_drop"]), 4)
+        return Proposal(episode.strategy, extras)
+
+    def _explore(self) -> Proposal | None:
+        """The policy produced nothing new for a while (it has settled on strategies already
+        measured, or on the unchanged model): mutate the best measured strategy at 1–3 units
+        so the surrogate keeps getting information where the policy looks."""
+        best = max(self._measured, key=lambda m: m[0], default=None)
+        for _ in range(50):
+            choices = self.space.from_strategy(best[1]) if best else self.space.sample(self.rng)
+            fresh = self.space.sample(self.rng)
+            for i in self.rng.choice(len(self.space), size=int(self.rng.integers(1, 4))):
+                choices[i] = fresh[i]
+            strategy = self.space.to_strategy(choices)
+            if strategy.key() not in self._seen and not strategy.is_identity:
+                self._seen.add(strategy.key())
+                self._idle = 0
+                return Proposal(strategy, {"explore": True, "lam": self.reward_config.lam})
+        return None
+
+    def tell(self, record: CandidateRecord) -> None:
+        key = record.strategy.key()
+        self._seen.add(key)
+        self._pool.pop(key, None)
+        self._data.append((record.strategy, record.outcome.result if record.ok else None))
+        if record.ok:
+            self._measured.append((record.reward, record.strategy))
+        self.surrogate.fit(self._data)
+
+    @property
+    def exhausted(self) -> bool:
+        return False
+
+    def save_checkpoint(self) -> Path:
+        assert self.checkpoint_dir is not None
+        path = self.checkpoint_dir / f"iter-{self.iterations:05d}"
+        self.algo.save_to_path(str(path.resolve()))
+        self.last_checkpoint = path
+        return path
+
+    def close(self) -> None:
+        self.algo.stop()

@@ -1,0 +1,72 @@
+"""`CandidateRecord`: one evaluated candidate of a search, as tracked, saved and reported."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from runners.job import Outcome
+from search_spaces import Strategy
+
+
+@dataclass(frozen=True)
+class CandidateRecord:
+    """An outcome plus what the search made of it."""
+
+    index: int
+    """0-based position in the search's evaluation order."""
+    outcome: Outcome
+    reward: float
+    """The search's reward for it (finite; failures get the bounded penalty)."""
+    source: str
+    """Who proposed it: the agent's name (``ppo``, ``random``, ``uniform``, ``tpe``)."""
+    cached: bool = False
+    """Measured by an earlier search (a cache hit), not in this one."""
+    extras: dict[str, Any] = field(default_factory=dict)
+    """Agent-specific context, e.g. the trade-off weight ``lam`` the policy was asked for."""
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.reward):
+            raise ValueError(f"candidate {self.index}: reward must be finite, got {self.reward}")
+
+    @property
+    def strategy(self) -> Strategy:
+        return self.outcome.strategy
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome.ok
+
+    @property
+    def accuracy(self) -> float:
+        return self.outcome.metric("accuracy")
+
+    @property
+    def accuracy_drop(self) -> float:
+        return self.outcome.metric("accuracy_drop")
+
+    @property
+    def speedup(self) -> float:
+        return self.outcome.metric("speedup")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "reward": self.reward,
+            "source": self.source,
+            "cached": self.cached,
+            "extras": self.extras,
+            "outcome": self.outcome.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CandidateRecord:
+        return cls(
+            index=int(data["index"]),
+            outcome=Outcome.from_dict(data["outcome"]),
+            reward=float(data["reward"]),
+            source=data["source"],
+            cached=bool(data.get("cached", False)),
+            extras=dict(data.get("extras", {})),
+        )

@@ -1,0 +1,389 @@
+"""What a search found: the accuracy/speedup Pareto front, its hypervolume, a plot and a table.
+
+Both objectives are maximised: accuracy (percent) and *measured* speedup over the baseline.
+A report is rebuilt either from a search directory (:func:`load_records`) or from MLflow alone
+(:func:`records_from_runs` over the runs of :func:`agent.tracking.load_search`).
+
+The hypervolume reference point is fixed so that searches, benchmarks and reports agree:
+accuracy ``baseline_accuracy - HV_ACCURACY_MARGIN`` (10 points) and speedup
+``HV_REF_SPEEDUP`` (1.0x). A candidate that is slower than the baseline or loses more than 10
+points adds nothing. The unit is accuracy points x speedup.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from agent.records import CandidateRecord
+from agent.tracking import CANDIDATE_METRICS, DEFAULT_UNIT_PARAM, EXTRA_PARAM_PREFIX
+from runners.job import Outcome
+from search_spaces import Strategy
+
+HV_ACCURACY_MARGIN = 10.0
+"""Hypervolume reference: this many accuracy points below the baseline."""
+HV_REF_SPEEDUP = 1.0
+"""Hypervolume reference: the baseline's speed."""
+DROP_BUDGET = 1.0
+"""The headline accuracy budget (points) of :func:`best_at_drop` and the report."""
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the non-dominated ``(accuracy, speedup)`` points, both maximised.
+
+    A point is dominated when another is at least as good on both and better on one. Of exact
+    duplicates only the first is kept; points with a NaN coordinate are never on the front.
+    The indices come back in ascending order.
+
+    Example:
+        >>> pareto_front([(90.0, 1.0), (85.0, 2.0), (84.0, 1.5), (90.0, 1.0)])
+        [0, 1]
+    """
+    order = sorted(
+        (i for i, (acc, speed) in enumerate(points) if not (math.isnan(acc) or math.isnan(speed))),
+        key=lambda i: (-points[i][0], -points[i][1], i),
+    )
+    front = []
+    best_speedup = -math.inf
+    for i in order:  # by accuracy, best first: a point survives if it is faster than all before
+        if points[i][1] > best_speedup:
+            front.append(i)
+            best_speedup = points[i][1]
+    return sorted(front)
+
+
+def hypervolume(
+    points: Iterable[tuple[float, float]],
+    ref_accuracy: float,
+    ref_speedup: float = HV_REF_SPEEDUP,
+) -> float:
+    """Area of the ``(accuracy, speedup)`` region dominated by ``points`` above the reference.
+
+    Points at or below the reference in either coordinate contribute nothing.
+
+    Example:
+        >>> hypervolume([(90.0, 2.0), (80.0, 3.0)], ref_accuracy=70.0)  # 20*1 + 10*1
+        30.0
+    """
+    above = [(a, s) for a, s in points if a > ref_accuracy and s > ref_speedup]
+    front = [above[i] for i in pareto_front(above)]
+    volume = 0.0
+    previous = ref_speedup
+    for accuracy, speedup in sorted(front, key=lambda p: p[1]):  # speedup up, accuracy down
+        volume += (accuracy - ref_accuracy) * (speedup - previous)
+        previous = speedup
+    return volume
+
+
+def search_hypervolume(records: Iterable[CandidateRecord], baseline_accuracy: float) -> float:
+    """The search's hypervolume with the fixed reference (baseline - 10 points, 1.0x)."""
+    return hypervolume(
+        _points(_ok(records)), baseline_accuracy - HV_ACCURACY_MARGIN, HV_REF_SPEEDUP
+    )
+
+
+def pareto_records(records: Iterable[CandidateRecord]) -> list[CandidateRecord]:
+    """The ok candidates on the accuracy/speedup front, in evaluation order."""
+    ok = _ok(records)
+    return [ok[i] for i in pareto_front(_points(ok))]
+
+
+def best_at_drop(
+    records: Iterable[CandidateRecord], max_drop: float = DROP_BUDGET
+) -> CandidateRecord | None:
+    """The ok candidate with the highest measured speedup losing at most ``max_drop`` points.
+
+    Ties go to the earliest candidate; ``None`` when no candidate fits the budget.
+    """
+    fitting = [r for r in _ok(records) if r.accuracy_drop <= max_drop]
+    return max(fitting, key=lambda r: r.speedup, default=None)
+
+
+def compact_strategy(strategy: Strategy) -> str:
+    """A one-line form for tables: ``*: precision=int8; layer1.0: skip``.
+
+    Example:
+        >>> compact_strategy(Strategy.from_dict({"conv1": {"prune": 0.5}, "l1": {"skip": True}}))
+        'conv1: prune=0.5; l1: skip'
+    """
+    parts = []
+    for unit, actions in strategy.units.items():
+        if actions:
+            text = ", ".join(
+                name if value is True else f"{name}={value}" for name, value in actions.items()
+            )
+            parts.append(f"{unit}: {text}")
+    return "; ".join(parts) or "(unchanged)"
+
+
+def write_report(
+    records: Sequence[CandidateRecord],
+    baseline: Mapping[str, Any],
+    out_dir: Path,
+    title: str,
+) -> Path:
+    """Write ``pareto.png`` and ``report.md`` into ``out_dir``; return the markdown's path.
+
+    Args:
+        records: Every candidate of the search (failed ones are counted, not plotted).
+        baseline: The unchanged model's measurement: ``accuracy`` (or ``baseline_accuracy``)
+            is required; ``latency_ms`` and ``flops`` are shown when present.
+        out_dir: Created if missing.
+        title: The report's heading and the plot's title.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base_accuracy = _baseline_value(baseline, "accuracy")
+    if math.isnan(base_accuracy):
+        raise ValueError("baseline needs an 'accuracy' (percent) to draw the report against")
+    ok = _ok(records)
+    front = pareto_records(ok)
+    best = best_at_drop(ok)
+    _plot(ok, front, best, base_accuracy, out_dir / "pareto.png", title)
+
+    cached = sum(r.cached for r in records)
+    failed = sum(not r.ok for r in records)
+    base_latency = _baseline_value(baseline, "latency_ms")
+    base_flops = _baseline_value(baseline, "flops")
+    hv = search_hypervolume(ok, base_accuracy)
+    best_text = "none within the budget"
+    if best is not None:
+        best_text = (
+            f"**{best.speedup:.2f}x** (#{best.index}, accuracy {best.accuracy:.2f}%, "
+            f"drop {best.accuracy_drop:.2f} pt)"
+        )
+    lines = [
+        f"# {title}",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| candidates | {len(records)} ({cached} cached) |",
+        f"| failed | {failed} |",
+        f"| baseline | accuracy {base_accuracy:.2f}%, latency {_num(base_latency, 3)} ms, "
+        f"FLOPs {_si(base_flops)} |",
+        f"| hypervolume | {hv:.3f} (reference: accuracy {base_accuracy - HV_ACCURACY_MARGIN:.2f}%"
+        f", speedup {HV_REF_SPEEDUP:.1f}x) |",
+        f"| best speedup at <= {DROP_BUDGET:g} pt drop | {best_text} |",
+        "",
+        "![accuracy vs measured speedup](pareto.png)",
+        "",
+        f"## Pareto front ({len(front)} of {len(ok)} successful candidates)",
+        "",
+    ]
+    if front:
+        lines += [
+            "| # | accuracy % | drop (pt) | latency ms | speedup | FLOPs | source | strategy |",
+            "|---:|---:|---:|---:|---:|---:|---|---|",
+        ]
+        for r in sorted(front, key=lambda r: (r.speedup, r.index)):
+            lines.append(
+                f"| {r.index} | {r.accuracy:.2f} | {r.accuracy_drop:.2f} "
+                f"| {_num(r.outcome.metric('latency_ms'), 3)} | {r.speedup:.2f} "
+                f"| {_si(r.outcome.metric('flops'))} | {r.source} "
+                f"| {_cell(compact_strategy(r.strategy))} |"
+            )
+    else:
+        lines.append("No candidate was measured successfully.")
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def load_records(search_dir: Path) -> list[CandidateRecord]:
+    """The candidates of a search directory's ``candidates.jsonl``.
+
+    A truncated last line (a crash mid-append) is ignored; a bad line elsewhere is an error.
+    """
+    path = Path(search_dir) / "candidates.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: is {search_dir} a search directory?")
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(CandidateRecord.from_dict(json.loads(line)))
+        except (ValueError, KeyError, TypeError) as exc:
+            if number == len(lines):
+                break
+            raise ValueError(f"{path}:{number}: not a candidate record ({exc})") from exc
+    return records
+
+
+def records_from_runs(runs: Sequence[Mapping[str, Any]]) -> list[CandidateRecord]:
+    """Candidate records rebuilt from :func:`agent.tracking.load_search_runs` dicts.
+
+    The strategy comes from the ``strategy.json`` artifact when it was read, else from the
+    ``<unit>.<action>`` params. Fields MLflow does not keep (worker, extras) are left empty.
+    """
+    records = []
+    for position, run in enumerate(runs):
+        params, metrics, tags = run["params"], run["metrics"], run["tags"]
+        data = run.get("strategy")
+        strategy = Strategy.from_dict(data) if data else _strategy_from_params(params)
+        index = _index(tags.get("layerpilot.index"), run.get("run_name"), position)
+        eval_seconds = float(metrics.get("eval_seconds", 0.0))
+        if run["status"] == "FINISHED":
+            result: dict[str, Any] = {k: metrics[k] for k in CANDIDATE_METRICS if k in metrics}
+            result.update(strategy=strategy.to_dict(), strategy_key=strategy.key())
+            outcome = Outcome(strategy, "ok", result=result, eval_seconds=eval_seconds)
+        else:
+            error = tags.get("error") or f"run {run['run_id']} ended {run['status']}"
+            outcome = Outcome(strategy, "failed", error=error, eval_seconds=eval_seconds)
+        reward = float(metrics.get("reward", 0.0))
+        records.append(
+            CandidateRecord(
+                index=index,
+                outcome=outcome,
+                reward=reward if math.isfinite(reward) else 0.0,
+                source=params.get("source", tags.get("layerpilot.source", "")),
+                cached=params.get("cached") == "True",
+            )
+        )
+    return sorted(records, key=lambda r: r.index)
+
+
+def _ok(records: Iterable[CandidateRecord]) -> list[CandidateRecord]:
+    return [r for r in records if r.ok and math.isfinite(r.accuracy) and math.isfinite(r.speedup)]
+
+
+def _points(records: Sequence[CandidateRecord]) -> list[tuple[float, float]]:
+    return [(r.accuracy, r.speedup) for r in records]
+
+
+def _baseline_value(baseline: Mapping[str, Any], name: str) -> float:
+    value = baseline.get(name, baseline.get(f"baseline_{name}"))
+    return float(value) if isinstance(value, int | float) else math.nan
+
+
+def _strategy_from_params(params: Mapping[str, str]) -> Strategy:
+    units: dict[str, dict[str, Any]] = {}
+    for key, text in params.items():
+        unit, dot, action = key.rpartition(".")
+        if not dot or not unit or key.startswith(EXTRA_PARAM_PREFIX):
+            continue  # source, cached, extras: not strategy entries
+        unit = "*" if unit == DEFAULT_UNIT_PARAM else unit
+        units.setdefault(unit, {})[action] = _parse_value(text)
+    return Strategy(units)
+
+
+def _parse_value(text: str) -> Any:
+    if text in ("True", "False"):
+        return text == "True"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _index(tag: str | None, run_name: str | None, position: int) -> int:
+    for text in (tag, (run_name or "").removeprefix("cand-")):
+        if text and text.isdigit():
+            return int(text)
+    return position
+
+
+def _plot(
+    ok: Sequence[CandidateRecord],
+    front: Sequence[CandidateRecord],
+    best: CandidateRecord | None,
+    base_accuracy: float,
+    path: Path,
+    title: str,
+) -> None:
+    # The object API, not pyplot: no global backend or figure state, Agg only.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 5.0), dpi=120, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for n, source in enumerate(sorted({r.source for r in ok})):
+        mine = [r for r in ok if r.source == source]
+        ax.scatter(
+            [r.speedup for r in mine],
+            [r.accuracy for r in mine],
+            s=18,
+            alpha=0.6,
+            color=f"C{n % 10}",
+            label=f"{source} ({len(mine)})",
+        )
+    if front:
+        line = sorted(front, key=lambda r: r.speedup)
+        # y is the best accuracy reachable at >= x speedup: constant on (x[i-1], x[i]].
+        ax.step(
+            [r.speedup for r in line],
+            [r.accuracy for r in line],
+            where="pre",
+            color="black",
+            linewidth=1.2,
+            label=f"Pareto front ({len(front)})",
+        )
+    ax.scatter(
+        [1.0],
+        [base_accuracy],
+        marker="*",
+        s=180,
+        color="gold",
+        edgecolor="black",
+        zorder=5,
+        label="baseline",
+    )
+    ax.axhline(
+        base_accuracy - DROP_BUDGET,
+        color="grey",
+        linestyle="--",
+        linewidth=1,
+        label=f"-{DROP_BUDGET:g} pt",
+    )
+    if best is not None:
+        ax.annotate(
+            f"#{best.index}: {best.speedup:.2f}x",
+            (best.speedup, best.accuracy),
+            xytext=(6, 6),
+            textcoords="offset points",
+            fontsize=8,
+        )
+    ax.set_xlabel("measured speedup over baseline (x)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.savefig(path)
+
+
+def _num(value: float, digits: int) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.{digits}g}"
+
+
+def _si(value: float) -> str:
+    if math.isnan(value):
+        return "n/a"
+    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+__all__ = [
+    "DROP_BUDGET",
+    "HV_ACCURACY_MARGIN",
+    "HV_REF_SPEEDUP",
+    "best_at_drop",
+    "compact_strategy",
+    "hypervolume",
+    "load_records",
+    "pareto_front",
+    "pareto_records",
+    "records_from_runs",
+    "search_hypervolume",
+    "write_report",
+]

@@ -1,0 +1,143 @@
+"""The MLflow UI over layerpilot's store: ``mlflow server`` on 127.0.0.1, same Python.
+
+The server reads the store :class:`agent.tracking.Tracker` writes: the SQLite database and, for
+experiments created from the UI, ``mlartifacts/`` beside it (layerpilot's own experiment already
+records that location). Runs of a search open at ``http://127.0.0.1:PORT/#/experiments/ID/runs``.
+
+Example:
+    >>> server = serve_ui("sqlite:////abs/runs/mlflow.db", port=5055)  # doctest: +SKIP
+    >>> wait_until_up("http://127.0.0.1:5055", timeout=60)  # doctest: +SKIP
+    >>> server.terminate()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from agent.tracking import artifact_root
+
+
+class UIStartError(RuntimeError):
+    """The MLflow server exited or did not answer in time."""
+
+
+def ui_command(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """The ``mlflow server`` command line for ``tracking_uri`` (run with this interpreter)."""
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        tracking_uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        # One worker: a local viewer over SQLite, on machines whose cores measure latency.
+        "--workers",
+        "1",
+    ]
+    root = artifact_root(tracking_uri)
+    if root is not None:
+        command += ["--default-artifact-root", root.as_uri(), "--no-serve-artifacts"]
+    return command
+
+
+def serve_ui(
+    tracking_uri: str,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    quiet: bool = False,
+) -> subprocess.Popen[bytes]:
+    """Start the MLflow server in the background and return its process (not waiting for it).
+
+    The server runs in its own process group, so ``os.killpg(proc.pid, SIGTERM)`` stops its
+    workers too; :func:`stop_ui` does that.
+
+    Args:
+        tracking_uri: The store to show, e.g. ``sqlite:////abs/path/mlflow.db``.
+        host: Interface to bind; keep the default unless you know who can reach the machine.
+        port: Port to listen on.
+        quiet: Discard the server's console output.
+    """
+    env = dict(os.environ)
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # a local viewer phones no one
+    output = subprocess.DEVNULL if quiet else None
+    return subprocess.Popen(
+        ui_command(tracking_uri, host, port),
+        env=env,
+        stdout=output,
+        stderr=output,
+        start_new_session=True,
+    )
+
+
+def wait_until_up(
+    url: str, timeout: float = 60.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Block until ``url`` answers ``/health`` (raises :class:`UIStartError` after ``timeout``).
+
+    With ``process``, fail as soon as the server exits instead of waiting out the timeout.
+    """
+    health = url.rstrip("/") + "/health"
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise UIStartError(f"the MLflow server exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(health, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError) as exc:
+            last_error = exc
+        time.sleep(0.25)
+    raise UIStartError(f"no answer from {health} within {timeout:.0f}s (last error: {last_error})")
+
+
+def stop_ui(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """Stop a server started by :func:`serve_ui`, and its worker processes."""
+    import signal
+
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout)
+    except ProcessLookupError:
+        pass
+
+
+def run_ui(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000) -> int:
+    """Serve the UI in the foreground until Ctrl-C; return the server's exit code."""
+    process = serve_ui(tracking_uri, host, port)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        stop_ui(process)
+        return 0
+
+
+def runs_url(host: str, port: int, experiment_id: str) -> str:
+    """The direct link to an experiment's runs table."""
+    return f"http://{host}:{port}/#/experiments/{experiment_id}/runs"
+
+
+__all__ = [
+    "UIStartError",
+    "run_ui",
+    "runs_url",
+    "serve_ui",
+    "stop_ui",
+    "ui_command",
+    "wait_until_up",
+]

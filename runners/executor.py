@@ -1,0 +1,375 @@
+"""Where candidates are evaluated: one local worker process, or one Ray actor per node
+(`runners.ray_executor`).
+
+Both executors keep persistent workers. A worker prepares the `Subject` once, measures its own
+baseline once (a speedup compares two latencies taken on the same machine), then evaluates one
+strategy at a time, so no two of our latency measurements ever share a machine. Whatever goes
+wrong in an evaluation (a build error, NaN outputs, a timeout, a segfault) comes back as a failed
+`Outcome`; a worker that hung or died is replaced and the search goes on.
+
+Strategies and outcomes cross process boundaries as their JSON dicts.
+
+Example:
+    >>> with LocalExecutor(EvalSpec(workload="digits-resnet")) as executor:
+    ...     baseline = executor.start()
+    ...     executor.submit(Strategy.from_dict({"layer1.0": {"skip": True}}))
+    ...     [outcome] = executor.poll(timeout=None)
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import math
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from runners.job import EvalSpec, Outcome
+from search_spaces import Strategy
+
+
+class WorkerStartError(RuntimeError):
+    """An evaluation worker could not prepare the workload or measure its baseline."""
+
+
+class Executor(Protocol):
+    """Evaluates strategies asynchronously: submit, then poll for outcomes."""
+
+    @property
+    def slots(self) -> int:
+        """Candidates that can be in flight at once."""
+
+    def start(self) -> dict[str, Any]:
+        """Start the workers; the first worker's baseline as `measurement_dict`."""
+
+    def submit(self, strategy: Strategy, timeout_s: float | None = None) -> None:
+        """Queue ``strategy`` (``timeout_s`` overrides the executor's per-candidate limit)."""
+
+    def poll(self, timeout: float | None = None) -> list[Outcome]:
+        """Outcomes finished since the last poll; waits up to ``timeout`` s for one if any
+        are pending (None: until one arrives)."""
+
+    @property
+    def pending(self) -> int:
+        """Submitted strategies whose outcome has not been returned by `poll` yet."""
+
+    def close(self) -> None:
+        """Stop the workers (idempotent)."""
+
+    def __enter__(self) -> Executor: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class Evaluator:
+    """The worker side: one prepared subject, one baseline, any number of strategies."""
+
+    def __init__(self, spec: EvalSpec) -> None:
+        self.spec = spec
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self._subject: Any = None
+        self._baseline: Any = None
+
+    def setup(self) -> tuple[dict[str, Any], str]:
+        """Prepare the subject and measure the baseline: (`measurement_dict`, ``host:pid``)."""
+        import torch
+
+        from runners.build import Subject
+        from runners.evaluate import measure, measurement_dict
+
+        torch.set_num_threads(self.spec.eval.threads)
+        self._subject = Subject.prepare(self.spec.load_workload())
+        self._baseline = measure(self._subject, Strategy(), self.spec.eval)
+        return measurement_dict(self._baseline), self.name
+
+    def evaluate(self, strategy: dict[str, Any]) -> dict[str, Any]:
+        """``Outcome.to_dict()`` of one strategy; never raises."""
+        from runners.evaluate import evaluate
+
+        start = time.perf_counter()
+        outcome: dict[str, Any] = {"strategy": strategy, "worker": self.name}
+        try:
+            parsed = Strategy.from_dict(strategy)
+            result = evaluate(self._subject, parsed, self.spec.eval, baseline=self._baseline)
+            outcome.update(status="ok", result=result.to_dict())
+        except Exception as exc:
+            outcome.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        outcome["eval_seconds"] = time.perf_counter() - start
+        return outcome
+
+
+@dataclass
+class _Job:
+    strategy: Strategy
+    timeout_s: float
+
+
+@dataclass
+class _Slot:
+    """One worker and what it is doing."""
+
+    handle: Any = None
+    """The live worker (process + pipe, or actor); None when there is none."""
+    ready: bool = False
+    """Set up and waiting for work (False while starting)."""
+    job: _Job | None = None
+    deadline: float = math.inf
+    """When the job in flight (or the start-up) runs out of time."""
+    failed_starts: int = 0
+    """Start-ups that failed since this slot's worker was last ready."""
+    baseline: dict[str, Any] | None = None
+    worker: str = ""
+    """``host:pid`` of the worker."""
+    ref: Any = None
+    """Ray: the call in flight (setup or evaluate)."""
+
+
+#: What a worker reports: (slot, "ready" | "start_failed" | "outcome" | "died", payload).
+_Event = tuple[_Slot, str, Any]
+_E = TypeVar("_E", bound="_SlotExecutor")
+
+
+class _SlotExecutor:
+    """The bookkeeping both executors share: a queue, slots, deadlines and restarts.
+
+    An executor supplies four hooks: `_spawn` a worker in the background, `_send` it a job,
+    `_kill` it, and `_wait` up to a timeout for what its workers report (`_Event`).
+    """
+
+    def __init__(self, spec: EvalSpec, timeout_s: float) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        self.spec = spec
+        self.timeout_s = timeout_s
+        self._slots: list[_Slot] = []
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._done: list[Outcome] = []
+        self._started = False
+
+    def _spawn(self, slot: _Slot) -> None:
+        raise NotImplementedError
+
+    def _send(self, slot: _Slot, job: _Job) -> None:
+        raise NotImplementedError
+
+    def _kill(self, slot: _Slot, graceful: bool = False) -> None:
+        raise NotImplementedError
+
+    def _wait(self, timeout: float | None) -> list[_Event]:
+        raise NotImplementedError
+
+    @property
+    def slots(self) -> int:
+        return len(self._slots)
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue) + sum(s.job is not None for s in self._slots) + len(self._done)
+
+    def submit(self, strategy: Strategy, timeout_s: float | None = None) -> None:
+        if not self._started:
+            raise RuntimeError("call start() before submit()")
+        self._queue.append(_Job(strategy, self.timeout_s if timeout_s is None else timeout_s))
+        self._dispatch()
+
+    def poll(self, timeout: float | None = None) -> list[Outcome]:
+        end = math.inf if timeout is None else time.monotonic() + timeout
+        while not self._done and self.pending:
+            self._dispatch()
+            self._expire()
+            if self._done or time.monotonic() >= end:
+                break
+            self._handle(self._wait(_until(min(end, *(s.deadline for s in self._slots)))))
+        self._dispatch()
+        done, self._done = self._done, []
+        return done
+
+    def close(self) -> None:
+        for slot in self._slots:
+            if slot.handle is not None:
+                self._kill(slot, graceful=slot.ready and slot.job is None)
+                slot.handle = None
+        self._started = False
+
+    def __enter__(self: _E) -> _E:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _start_slots(self, count: int) -> dict[str, Any]:
+        self._slots = [_Slot() for _ in range(count)]
+        for slot in self._slots:
+            self._restart(slot)
+        while not all(s.ready for s in self._slots):
+            self._expire()
+            self._handle(self._wait(_until(min(s.deadline for s in self._slots))))
+        self._started = True
+        assert self._slots[0].baseline is not None
+        return self._slots[0].baseline
+
+    def _restart(self, slot: _Slot) -> None:
+        if slot.handle is not None:
+            self._kill(slot)
+        slot.handle, slot.ready, slot.ref, slot.worker = None, False, None, ""
+        slot.deadline = time.monotonic() + self.timeout_s
+        self._spawn(slot)
+
+    def _handle(self, events: list[_Event]) -> None:
+        for slot, kind, payload in events:
+            if kind == "ready":
+                slot.ready, slot.deadline, slot.failed_starts = True, math.inf, 0
+                slot.baseline, slot.worker = payload
+            elif kind == "outcome":
+                job, slot.job, slot.deadline = slot.job, None, math.inf
+                if job is not None:
+                    data = {**payload, "strategy": job.strategy.to_dict()}
+                    self._done.append(Outcome.from_dict(data))
+            elif kind == "died" and slot.ready:
+                job, slot.job = slot.job, None
+                if job is not None:
+                    self._fail(job, f"WorkerDiedError: {payload}", 0.0, slot.worker)
+                self._restart(slot)
+            else:
+                error = f"WorkerDiedError: {payload}" if kind == "died" else payload
+                self._start_failed(slot, error)
+
+    def _start_failed(self, slot: _Slot, error: str) -> None:
+        self._kill(slot)
+        slot.handle, slot.ready, slot.ref, slot.deadline = None, False, None, math.inf
+        slot.failed_starts += 1
+        if not self._started:
+            self.close()
+            raise WorkerStartError(f"evaluation worker for {self.spec.name} failed: {error}")
+        # A replacement failed: give its error to one queued candidate, so that a worker that
+        # can never start again fails each candidate once instead of restarting forever.
+        if self._queue and not any(s.handle is not None for s in self._slots):
+            self._fail(self._queue.popleft(), f"WorkerStartError: {error}", 0.0, "")
+
+    def _fail(self, job: _Job, error: str, seconds: float, worker: str) -> None:
+        outcome = Outcome(job.strategy, "failed", error=error, eval_seconds=seconds, worker=worker)
+        self._done.append(outcome)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for slot in self._slots:
+            if now < slot.deadline:
+                continue
+            if not slot.ready:
+                self._start_failed(slot, f"TimeoutError: start-up exceeded {self.timeout_s:g} s")
+            elif slot.job is not None:
+                job, slot.job = slot.job, None
+                error = f"TimeoutError: evaluation exceeded {job.timeout_s:g} s"
+                self._fail(job, error, job.timeout_s, slot.worker)
+                self._restart(slot)
+
+    def _dispatch(self) -> None:
+        alive = sum(s.handle is not None for s in self._slots)
+        for slot in self._slots:
+            if not self._queue:
+                return
+            # A slot whose replacement failed to start stays empty while others can work.
+            if slot.handle is None and (slot.failed_starts == 0 or not alive):
+                self._restart(slot)
+                alive += 1
+            elif slot.ready and slot.job is None:
+                slot.job = self._queue.popleft()
+                slot.deadline = time.monotonic() + slot.job.timeout_s
+                self._send(slot, slot.job)
+
+
+def _until(deadline: float) -> float | None:
+    return None if deadline == math.inf else max(0.0, deadline - time.monotonic())
+
+
+# -- one local worker process ------------------------------------------------------------------
+
+
+def _worker_main(spec: EvalSpec, conn: Any, cpus: list[int] | None) -> None:
+    """The local worker: set up, report the baseline, then evaluate until told to stop."""
+    try:
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+        evaluator = Evaluator(spec)
+        conn.send(("ready", evaluator.setup()))
+    except Exception as exc:
+        conn.send(("start_failed", f"{type(exc).__name__}: {exc}"))
+        return
+    while (strategy := conn.recv()) is not None:
+        conn.send(("outcome", evaluator.evaluate(strategy)))
+
+
+class LocalExecutor(_SlotExecutor):
+    """One persistent worker subprocess, evaluating one candidate at a time (``slots == 1``).
+
+    Args:
+        spec: What to evaluate and how.
+        timeout_s: Per-candidate limit (and start-up limit); past it the worker is killed, the
+            candidate fails with a ``TimeoutError`` and a fresh worker takes the next one.
+        cpus: Pin the worker to these CPU ids (``os.sched_setaffinity``).
+    """
+
+    def __init__(
+        self,
+        spec: EvalSpec,
+        timeout_s: float = 300.0,
+        cpus: list[int] | None = None,
+    ) -> None:
+        super().__init__(spec, timeout_s)
+        self.cpus = cpus
+
+    def start(self) -> dict[str, Any]:
+        """Start the worker and wait for its baseline (`WorkerStartError` if it cannot)."""
+        return self._start_slots(1)
+
+    def _spawn(self, slot: _Slot) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe()
+        args = (self.spec, child, self.cpus)
+        process = ctx.Process(target=_worker_main, args=args, daemon=True, name="layerpilot-eval")
+        process.start()
+        child.close()
+        slot.handle = (process, parent)
+
+    def _send(self, slot: _Slot, job: _Job) -> None:
+        slot.handle[1].send(job.strategy.to_dict())
+
+    def _kill(self, slot: _Slot, graceful: bool = False) -> None:
+        process, conn = slot.handle
+        if graceful and process.is_alive():
+            with contextlib.suppress(OSError):  # an idle worker exits cleanly
+                conn.send(None)
+                process.join(timeout=5)
+        if process.is_alive():
+            process.kill()
+        process.join()
+        conn.close()
+
+    def _wait(self, timeout: float | None) -> list[_Event]:
+        from multiprocessing.connection import wait
+
+        slot = self._slots[0]
+        if slot.handle is None:
+            return []
+        process, conn = slot.handle
+        wait([conn, process.sentinel], timeout)
+        with contextlib.suppress(EOFError, OSError):  # EOF: it died without a word
+            if conn.poll():
+                kind, payload = conn.recv()
+                return [(slot, kind, payload)]
+        if process.is_alive():
+            return []
+        process.join()
+        return [(slot, "died", f"evaluation worker exited with {_describe(process.exitcode)}")]
+
+
+def _describe(code: int | None) -> str:
+    if code is not None and code < 0 and -code in signal.valid_signals():
+        return f"code {code} ({signal.Signals(-code).name})"
+    return f"code {code}"

@@ -1,0 +1,78 @@
+"""Search config: file formats, CLI overrides, and clear errors for bad values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.cli import build_parser
+from agent.cli_search import search_config
+from agent.config import ConfigError, SearchConfig, load_config
+
+
+def parse(*argv: str):
+    return search_config(build_parser().parse_args(["search", *argv]))
+
+
+def test_defaults_are_the_documented_main_job() -> None:
+    cfg = parse()
+    assert (cfg.workload, cfg.agent, cfg.budget) == ("digits-resnet", "ppo", 150)
+    assert (cfg.reward.mode, cfg.reward.lam) == ("tradeoff", 0.5)
+    assert cfg.executor == "local" and cfg.tracking_uri is None
+
+
+def test_toml_file_then_flags_override(tmp_path: Path) -> None:
+    path = tmp_path / "search.toml"
+    path.write_text(
+        'agent = "tpe"\nbudget = 20\n[reward]\nlam = 2.0\n[ppo]\nhidden = [32, 32]\n'
+        "[latency]\nmin_rounds = 3\nmax_rounds = 4\n"
+    )
+    cfg = load_config(path)
+    assert cfg.agent == "tpe" and cfg.ppo.hidden == (32, 32) and cfg.latency.min_rounds == 3
+    over = parse("--config", str(path), "--budget", "7", "--lam", "0.1")
+    assert (over.agent, over.budget, over.reward.lam) == ("tpe", 7, 0.1)
+
+
+def test_yaml_file_reads_the_same(tmp_path: Path) -> None:
+    path = tmp_path / "search.yaml"
+    path.write_text("agent: random\nreward:\n  mode: max-drop\n  max_drop: 0.5\n")
+    cfg = load_config(path)
+    assert cfg.agent == "random" and cfg.reward.max_drop == 0.5
+
+
+def test_target_speedup_flag_selects_target_mode() -> None:
+    cfg = parse("--target-speedup", "4")
+    assert cfg.reward.mode == "target" and cfg.reward.target_speedup == 4.0
+
+
+def test_address_implies_ray_executor() -> None:
+    assert parse("--address", "10.0.0.1:6379").executor == "ray"
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("budget = 0\n", "budget"),
+        ('agent = "genetic"\n', "unknown agent"),
+        ("bugdet = 3\n", r"unknown key\(s\) \['bugdet'\]"),
+        ("[reward]\nmode = 'target'\n", "target speedup"),
+        ("[ppo]\nlr = -1.0\n", r"\[ppo\]"),
+        ("budget = \n", "not valid"),
+    ],
+)
+def test_bad_config_file_names_what_is_wrong(tmp_path: Path, text: str, match: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(path)
+
+
+def test_config_round_trips_through_json() -> None:
+    import json
+
+    from agent.config import config_from_dict
+
+    cfg = SearchConfig(budget=9, agent="uniform")
+    again = config_from_dict(json.loads(cfg.to_json()))
+    assert again == cfg

@@ -1,0 +1,152 @@
+"""The search driver with a scripted executor: failures, caching, tracking, records on disk."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow import MlflowClient
+
+from agent import search as search_module
+from agent.config import SearchConfig
+from agent.report import load_records
+from envs.reward import FAILED_REWARD
+from runners.job import Outcome
+from search_spaces import Strategy
+
+
+class ScriptedExecutor:
+    """Measures nothing: every 3rd strategy fails, every 4th gives a NaN metric."""
+
+    slots = 1
+
+    def __init__(self) -> None:
+        self.submitted: list[Strategy] = []
+        self._done: list[Outcome] = []
+
+    def start(self) -> dict[str, Any]:
+        return {"accuracy": 99.0, "latency": {"median_ms": 2.0, "p90_ms": 2.1}, "flops": 1000}
+
+    def submit(self, strategy: Strategy, timeout_s: float | None = None) -> None:
+        self.submitted.append(strategy)
+        n = len(self.submitted)
+        if n % 3 == 0:
+            self._done.append(Outcome(strategy, "failed", error="RuntimeError: boom", worker="w"))
+            return
+        speedup = 1.0 + 0.1 * len(strategy.units)
+        drop = math.nan if n % 4 == 0 else 0.2 * len(strategy.units)
+        result = {
+            "accuracy": 99.0 - (0 if math.isnan(drop) else drop),
+            "accuracy_drop": drop,
+            "speedup": speedup,
+            "latency_ms": 2.0 / speedup,
+            "flops": 900,
+        }
+        self._done.append(Outcome(strategy, "ok", result, eval_seconds=0.01, worker="w"))
+
+    def poll(self, timeout: float | None = None) -> list[Outcome]:
+        out, self._done = self._done, []
+        return out
+
+    @property
+    def pending(self) -> int:
+        return len(self._done)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def scripted(monkeypatch: pytest.MonkeyPatch) -> ScriptedExecutor:
+    executor = ScriptedExecutor()
+    monkeypatch.setattr(search_module, "_make_executor", lambda config, spec: executor)
+    return executor
+
+
+def config(tmp_path: Path, **kw: Any) -> SearchConfig:
+    defaults: dict[str, Any] = {
+        "agent": "random",
+        "budget": 8,
+        "out": tmp_path / "search",
+        "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "log_model": False,
+    }
+    return SearchConfig(**{**defaults, **kw})
+
+
+def test_failed_candidates_are_recorded_penalised_and_the_search_goes_on(
+    tmp_path: Path, scripted: ScriptedExecutor, workload_cache: Path
+) -> None:
+    result = search_module.run_search(config(tmp_path, cache_dir=workload_cache))
+    records = result.records
+    assert len(records) == 8 == len(scripted.submitted)
+    failed = [r for r in records if not r.ok]
+    assert len(failed) == 2
+    assert all(r.reward == FAILED_REWARD for r in failed)
+    nan = [r for r in records if r.ok and math.isnan(r.accuracy_drop)]
+    assert nan and all(r.reward == FAILED_REWARD for r in nan)  # NaN never reaches an agent
+    assert all(math.isfinite(r.reward) for r in records)
+
+    on_disk = load_records(result.out)
+    assert [r.strategy for r in on_disk] == [r.strategy for r in records]
+    state = json.loads((result.out / "search.json").read_text())
+    assert state["status"] == "FINISHED" and state["summary"]["failed"] == 2
+    assert (result.out / "report" / "report.md").exists()
+
+    client = MlflowClient(config(tmp_path).tracking_uri)
+    runs = client.search_runs(
+        [state["mlflow"]["experiment_id"]],
+        f"tags.mlflow.parentRunId = '{result.parent_run_id}'",
+    )
+    assert len(runs) == 8
+    assert sum(r.info.status == "FAILED" for r in runs) == 2
+    assert client.get_run(result.parent_run_id).info.status == "FINISHED"
+
+
+def test_cache_shared_between_searches_is_never_measured_again(
+    tmp_path: Path, scripted: ScriptedExecutor, workload_cache: Path
+) -> None:
+    shared = tmp_path / "shared-cache.jsonl"
+    first = search_module.run_search(
+        config(tmp_path, agent="uniform", cache=shared, cache_dir=workload_cache)
+    )
+    measured = len(scripted.submitted)
+    second = search_module.run_search(
+        config(
+            tmp_path,
+            agent="uniform",
+            cache=shared,
+            out=tmp_path / "again",
+            cache_dir=workload_cache,
+        )
+    )
+    assert len(scripted.submitted) == measured  # nothing new was measured
+    assert all(r.cached for r in second.records)
+    assert [r.strategy for r in second.records] == [r.strategy for r in first.records]
+
+
+def test_interrupt_keeps_everything_evaluated(
+    tmp_path: Path,
+    scripted: ScriptedExecutor,
+    workload_cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    original = scripted.poll
+    calls = {"n": 0}
+
+    def poll(timeout: float | None = None) -> list[Outcome]:
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return original(timeout)
+
+    monkeypatch.setattr(scripted, "poll", poll)
+    result = search_module.run_search(config(tmp_path, budget=50, cache_dir=workload_cache))
+    assert result.interrupted
+    assert 0 < len(result.records) < 50
+    state = json.loads((result.out / "search.json").read_text())
+    assert state["status"] == "KILLED"
+    assert len(load_records(result.out)) == len(result.records)

@@ -1,0 +1,300 @@
+"""The MLflow record of a search, read back through MlflowClient from a temporary SQLite store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from agent.records import CandidateRecord
+from agent.report import records_from_runs, write_report
+from agent.tracking import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    Tracker,
+    artifact_root,
+    default_tracking_uri,
+    load_run,
+    load_search,
+    load_search_runs,
+    param_key,
+    strategy_params,
+)
+from runners.job import Outcome
+from search_spaces import Strategy
+
+CONFIG = {"agent": "ppo", "budget": 8, "eval": {"runtime": "onnxruntime", "threads": 1}}
+WORKLOAD = {"name": "digits-resnet", "num_units": 9}
+BASELINE = {"accuracy": 97.5, "latency_ms": 1.25, "flops": 2.5e6, "params": 7.5e4}
+STRATEGY = Strategy(
+    {"*": {"precision": "int8"}, "layer1.0": {"skip": True}, "conv1": {"prune": 0.5}}
+)
+
+
+def ok_record(index: int, speedup: float = 2.0, accuracy: float = 97.0) -> CandidateRecord:
+    result = {
+        "accuracy": accuracy,
+        "baseline_accuracy": BASELINE["accuracy"],
+        "accuracy_drop": BASELINE["accuracy"] - accuracy,
+        "latency_ms": BASELINE["latency_ms"] / speedup,
+        "latency_p90_ms": 1.1 * BASELINE["latency_ms"] / speedup,
+        "speedup": speedup,
+        "ideal_speedup": speedup * 1.5,
+        "flops": 1.0e6,
+        "params": 3.0e4,
+        "size_bytes": 40_000,
+        "runtime": "onnxruntime",
+        "info": {"note": "not a metric"},
+    }
+    outcome = Outcome(STRATEGY, "ok", result=result, eval_seconds=2.5, worker="host:1")
+    return CandidateRecord(index, outcome, reward=0.75, source="ppo", extras={"lam": 0.5})
+
+
+def failed_record(index: int, error: str = "RuntimeError: ONNX export failed") -> CandidateRecord:
+    outcome = Outcome(Strategy({"fc": {"rank": 4}}), "failed", error=error, eval_seconds=0.5)
+    return CandidateRecord(index, outcome, reward=-1.0, source="random", cached=True)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One SQLite database for the module (creating its tables takes seconds)."""
+    workdir = tmp_path_factory.mktemp("mlflow")
+    Tracker(workdir=workdir)
+    return default_tracking_uri(workdir)
+
+
+@pytest.fixture
+def tracker(store: str, request: pytest.FixtureRequest) -> Tracker:
+    """A tracker on its own experiment, so each test sees only its runs."""
+    return Tracker(store, experiment=request.node.name)
+
+
+@pytest.fixture
+def search(tracker: Tracker, tmp_path: Path) -> tuple[Tracker, str, list[str]]:
+    """A search with two ok candidates and a failed one, finished."""
+    parent = tracker.start_search("ppo-digits", CONFIG, WORKLOAD, BASELINE, tmp_path)
+    run_ids = [tracker.log_candidate(r) for r in (ok_record(0), failed_record(1), ok_record(2))]
+    tracker.finish_search({"hypervolume": 12.5, "candidates": 3}, "FINISHED")
+    return tracker, parent, run_ids
+
+
+def test_tracker_defaults_to_sqlite_in_workdir_with_runs_table_experiment(tmp_path: Path):
+    tracker = Tracker(workdir=tmp_path / "work")
+
+    experiment = tracker.client.get_experiment(tracker.experiment_id)
+    assert tracker.tracking_uri == f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}"
+    assert (tmp_path / "work" / "mlflow.db").is_file()
+    assert experiment.name == "layerpilot"
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    assert experiment.artifact_location == (tmp_path / "work" / "mlartifacts").as_uri()
+
+
+def test_tracker_reuses_experiment_when_created_twice(store: str):
+    first = Tracker(store, experiment="twice")
+    second = Tracker(store, experiment="twice")
+
+    assert first.experiment_id == second.experiment_id
+
+
+def test_start_search_logs_config_workload_baseline_and_machine(search, tmp_path: Path):
+    tracker, parent, _ = search
+
+    run = tracker.client.get_run(parent)
+
+    assert run.info.run_name == "ppo-digits"
+    assert run.info.status == "FINISHED"
+    assert run.data.params["agent"] == "ppo"
+    assert run.data.params["eval.runtime"] == "onnxruntime"
+    assert run.data.params["workload.num_units"] == "9"
+    assert run.data.metrics["baseline_accuracy"] == 97.5
+    assert run.data.metrics["baseline_latency_ms"] == 1.25
+    assert run.data.metrics["hypervolume"] == 12.5
+    assert run.data.tags["layerpilot.agent"] == "ppo"
+    assert run.data.tags["layerpilot.workload"] == "digits-resnet"
+    assert run.data.tags["layerpilot.search_dir"] == str(tmp_path.resolve())
+    assert run.data.tags["machine.torch"] == torch.__version__
+    assert int(run.data.tags["machine.cpu_count"]) >= 1
+
+
+def test_log_candidate_nests_runs_with_strategy_params_metrics_and_artifact(search, tmp_path: Path):
+    tracker, parent, run_ids = search
+    client = MlflowClient(tracker.tracking_uri)  # a reader of its own, as the UI would be
+
+    nested = client.search_runs(
+        [tracker.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'"
+    )
+    run = client.get_run(run_ids[0])
+
+    assert {r.info.run_id for r in nested} == set(run_ids)
+    assert run.info.run_name == "cand-0000"
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {
+        "_default.precision": "int8",
+        "conv1.prune": "0.5",
+        "layer1.0.skip": "True",
+        "source": "ppo",
+        "cached": "False",
+        "extra:lam": "0.5",
+    }
+    assert run.data.metrics["speedup"] == 2.0
+    assert run.data.metrics["accuracy_drop"] == pytest.approx(0.5)
+    assert run.data.metrics["reward"] == 0.75
+    assert run.data.metrics["eval_seconds"] == 2.5
+    assert run.data.metrics["size_bytes"] == 40_000
+    assert "info" not in run.data.metrics
+    assert run.info.end_time - run.info.start_time == 2500  # the evaluation's wall time
+    assert run.data.tags["layerpilot.strategy_key"] == STRATEGY.key()
+    artifact = client.download_artifacts(run_ids[0], "strategy.json", str(tmp_path))
+    assert Strategy.load(artifact) == STRATEGY
+
+
+def test_log_candidate_ends_failed_with_error_tag_when_outcome_failed(search):
+    tracker, _, run_ids = search
+
+    run = tracker.client.get_run(run_ids[1])
+
+    assert run.info.status == "FAILED"
+    assert run.data.tags["error"] == "RuntimeError: ONNX export failed"
+    assert run.data.metrics == {"reward": -1.0, "eval_seconds": 0.5}
+    assert run.data.params["cached"] == "True"
+
+
+def test_log_candidate_truncates_error_when_longer_than_mlflow_accepts(tracker, tmp_path):
+    tracker.start_search("long", CONFIG, WORKLOAD, BASELINE, tmp_path)
+
+    run_id = tracker.log_candidate(failed_record(0, error="E" * 20_000))
+
+    error = tracker.client.get_run(run_id).data.tags["error"]
+    assert len(error) == 8000 and error.startswith("EEE") and error.endswith("[truncated]")
+
+
+def test_log_candidate_raises_when_no_search_started(tracker):
+    with pytest.raises(RuntimeError, match="start_search"):
+        tracker.log_candidate(ok_record(0))
+
+
+def test_mark_pareto_tags_exactly_the_latest_front(search):
+    tracker, _, run_ids = search
+
+    tracker.mark_pareto([run_ids[0], run_ids[1]])
+    tracker.mark_pareto([run_ids[0], run_ids[2]])
+
+    tags = [tracker.client.get_run(r).data.tags.get("pareto") for r in run_ids]
+    assert tags == ["true", None, "true"]
+
+
+def test_finish_search_ends_parent_killed_when_interrupted(tracker, tmp_path):
+    parent = tracker.start_search("stopped", CONFIG, WORKLOAD, BASELINE, tmp_path)
+
+    tracker.finish_search({}, "KILLED")
+
+    assert tracker.client.get_run(parent).info.status == "KILLED"
+
+
+def test_finish_search_raises_when_status_unknown(tracker, tmp_path):
+    tracker.start_search("bad", CONFIG, WORKLOAD, BASELINE, tmp_path)
+
+    with pytest.raises(ValueError, match="FINISHED, KILLED or FAILED"):
+        tracker.finish_search({}, "DONE")  # type: ignore[arg-type]
+
+
+def test_log_artifact_attaches_files_and_directories(search, tmp_path: Path):
+    tracker, parent, _ = search
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "report.md").write_text("# report\n")
+    (tmp_path / "search.json").write_text("{}")
+
+    tracker.log_artifact(parent, tmp_path / "report")
+    tracker.log_artifact(parent, tmp_path / "search.json")
+
+    paths = {a.path for a in tracker.client.list_artifacts(parent)}
+    assert {"report", "search.json"} <= paths
+    assert [a.path for a in tracker.client.list_artifacts(parent, "report")] == ["report/report.md"]
+
+
+def test_log_best_model_logs_loadable_model_linked_to_run(search):
+    import mlflow.pytorch
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    tracker, _, run_ids = search
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+    example = torch.randn(2, 8)
+
+    uri = tracker.log_best_model(run_ids[0], model, example)
+
+    logged = tracker.client.get_logged_model(uri.removeprefix("models:/"))
+    assert logged.name == "model"
+    assert logged.source_run_id == run_ids[0]
+    assert logged.experiment_id == tracker.experiment_id
+    with _use_tracking_uri(tracker.tracking_uri):
+        loaded = mlflow.pytorch.load_model(uri)
+    assert torch.allclose(loaded(example), model(example))
+
+
+def test_load_search_runs_returns_candidates_in_order_with_strategy(search):
+    tracker, parent, run_ids = search
+
+    runs = load_search_runs(tracker.tracking_uri, parent)
+
+    assert [r["run_id"] for r in runs] == run_ids
+    assert [r["status"] for r in runs] == ["FINISHED", "FAILED", "FINISHED"]
+    assert Strategy.from_dict(runs[0]["strategy"]) == STRATEGY
+    assert runs[1]["tags"]["error"] == "RuntimeError: ONNX export failed"
+    assert load_run(tracker.tracking_uri, parent)["tags"]["layerpilot.kind"] == "search"
+
+
+def test_load_search_returns_runs_and_baseline_enough_for_a_report(search, tmp_path: Path):
+    tracker, parent, run_ids = search
+
+    runs, baseline = load_search(tracker.tracking_uri, parent)
+    report = write_report(records_from_runs(runs), baseline, tmp_path, title="from MLflow")
+
+    assert [r["run_id"] for r in runs] == run_ids
+    assert baseline == BASELINE
+    assert "| candidates | 3 (1 cached) |" in report.read_text()
+
+
+def test_records_from_runs_match_logged_records_when_rebuilt_from_mlflow(search):
+    tracker, parent, _ = search
+    logged = [ok_record(0), failed_record(1), ok_record(2)]
+
+    rebuilt = records_from_runs(load_search_runs(tracker.tracking_uri, parent))
+    from_params = records_from_runs(
+        load_search_runs(tracker.tracking_uri, parent, with_strategy=False)
+    )
+
+    for got, want in zip(rebuilt, logged, strict=True):
+        assert (got.index, got.ok, got.source, got.cached) == (
+            want.index,
+            want.ok,
+            want.source,
+            want.cached,
+        )
+        assert got.strategy == want.strategy
+        assert got.reward == want.reward
+        assert got.outcome.error == want.outcome.error
+        assert got.speedup == want.speedup or not want.ok
+    assert [r.strategy for r in from_params] == [r.strategy for r in logged]
+
+
+def test_param_key_replaces_characters_mlflow_refuses():
+    assert param_key("layer1.0.conv1.prune") == "layer1.0.conv1.prune"
+    assert param_key("blocks[0]*x") == "blocks_0__x"
+    assert param_key("a//b") == "a__b"
+    assert param_key("../up") == "_.._up"
+
+
+def test_strategy_params_truncates_values_over_mlflow_limit():
+    strategy = {"units": {"*": {"precision": "int8"}, "fc": {"note": "x" * 7000}}}
+
+    params = strategy_params(strategy)
+
+    assert params["_default.precision"] == "int8"
+    assert len(params["fc.note"]) == 6000
+
+
+def test_artifact_root_is_beside_sqlite_database_and_none_for_servers():
+    assert artifact_root("sqlite:////data/runs/mlflow.db") == Path("/data/runs/mlartifacts")
+    assert artifact_root("http://127.0.0.1:5000") is None

@@ -1,0 +1,207 @@
+"""The contract every executor honours, run against the local worker and the Ray actors."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runners.build import BuildConfig
+from runners.evaluate import EvalConfig
+from runners.executor import Executor, LocalExecutor, WorkerStartError
+from runners.job import EvalSpec, Outcome
+from runners.latency import LatencyConfig
+from runners.ray_executor import RayExecutor
+from search_spaces import Strategy
+
+#: Enough to exercise every path; far too short for latencies worth comparing.
+FAST = EvalConfig(
+    latency=LatencyConfig(
+        warmup=2,
+        warmup_seconds=0.0,
+        round_runs=5,
+        min_round_seconds=0.0,
+        min_rounds=2,
+        max_rounds=2,
+    ),
+    build=BuildConfig(bn_batches=2),
+)
+SKIP = Strategy.from_dict({"layer1.0": {"skip": True}})
+UNKNOWN_UNIT = Strategy.from_dict({"layer9.conv1": {"skip": True}})
+KINDS = ["local", "ray"]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():  # another module's cluster: use it, leave it running
+        yield
+        return
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _make(kind: str, spec: EvalSpec, request: pytest.FixtureRequest) -> Executor:
+    if kind == "ray":
+        request.getfixturevalue("ray_cluster")
+        return RayExecutor(spec, timeout_s=120.0)
+    return LocalExecutor(spec, timeout_s=120.0, cpus=[min(os.sched_getaffinity(0))])
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def started(request, workload_cache: Path) -> Iterator[tuple[Executor, dict]]:
+    spec = EvalSpec(workload="digits-resnet", cache_dir=workload_cache, eval=FAST)
+    with _make(request.param, spec, request) as executor:
+        baseline = executor.start()
+        yield executor, baseline
+
+
+def _run(executor: Executor, strategy: Strategy, timeout_s: float | None = None) -> Outcome:
+    executor.submit(strategy, timeout_s=timeout_s)
+    outcomes = executor.poll(timeout=None)
+    assert [o.strategy for o in outcomes] == [strategy]
+    assert executor.pending == 0
+    return outcomes[0]
+
+
+def _pid(executor: Executor) -> int:
+    """The current worker's pid (a failing-at-build strategy returns at once)."""
+    return int(_run(executor, UNKNOWN_UNIT).worker.rsplit(":", 1)[1])
+
+
+@pytest.mark.slow
+def test_start_returns_the_workers_baseline(started):
+    executor, baseline = started
+
+    assert executor.slots == 1  # one local worker; one Ray node
+    assert baseline["latency"]["median_ms"] > 0
+    assert 50 < baseline["accuracy"] <= 100
+
+
+@pytest.mark.slow
+def test_real_strategy_gives_ok_outcome_with_speedup_and_accuracy(started):
+    executor, baseline = started
+
+    outcome = _run(executor, SKIP)
+
+    assert outcome.ok, outcome.error
+    assert outcome.metric("speedup") > 0
+    assert math.isfinite(outcome.metric("accuracy"))
+    assert outcome.result is not None
+    assert outcome.result["baseline_latency_ms"] == baseline["latency"]["median_ms"]
+    assert outcome.eval_seconds > 0
+    assert outcome.worker.split(":")[1].isdigit()
+
+
+@pytest.mark.slow
+def test_strategy_failing_at_build_gives_failed_outcome_and_executor_keeps_working(started):
+    executor, _ = started
+
+    failed = _run(executor, UNKNOWN_UNIT)
+    after = _run(executor, Strategy.from_dict({"layer1.1": {"skip": True}}))
+
+    assert failed.status == "failed"
+    assert failed.error is not None
+    assert failed.error.startswith("UnknownUnitError:")
+    assert "layer9.conv1" in failed.error
+    assert after.ok, after.error
+
+
+@pytest.mark.slow
+def test_candidate_past_its_timeout_fails_and_a_fresh_worker_takes_the_next(started):
+    executor, _ = started
+    old_pid = _pid(executor)
+
+    timed_out = _run(executor, SKIP, timeout_s=0.5)
+    after = _run(executor, Strategy.from_dict({"layer1.2": {"skip": True}}))
+
+    assert timed_out.status == "failed"
+    assert timed_out.error == "TimeoutError: evaluation exceeded 0.5 s"
+    assert after.ok, after.error
+    assert after.worker != timed_out.worker
+    assert int(after.worker.rsplit(":", 1)[1]) != old_pid
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_evaluation_gives_failed_outcome_and_is_replaced(started):
+    executor, _ = started
+    pid = _pid(executor)
+
+    executor.submit(SKIP)
+    time.sleep(0.3)
+    os.kill(pid, signal.SIGKILL)
+    [died] = executor.poll(timeout=60)
+    after = _run(executor, Strategy.from_dict({"layer2.1": {"skip": True}}))
+
+    assert died.status == "failed"
+    assert died.error is not None
+    assert died.error.startswith("WorkerDiedError:")
+    assert after.ok, after.error
+
+
+@pytest.mark.slow
+def test_poll_returns_nothing_when_its_timeout_ends_before_the_outcome(started):
+    executor, _ = started
+    executor.submit(Strategy.from_dict({"layer3.1": {"skip": True}}))
+
+    early = executor.poll(timeout=0.05)  # an evaluation takes over a second
+    pending_then = executor.pending
+    [outcome] = executor.poll(timeout=None)
+
+    assert early == []
+    assert pending_then == 1
+    assert outcome.ok, outcome.error
+    assert executor.pending == 0
+
+
+@pytest.mark.slow
+def test_poll_with_nothing_pending_returns_nothing_at_once(started):
+    executor, _ = started
+    start = time.monotonic()
+
+    outcomes = executor.poll(timeout=None)
+
+    assert outcomes == []
+    assert executor.pending == 0
+    assert time.monotonic() - start < 0.5
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_start_with_unknown_workload_raises_worker_start_error(kind, request, workload_cache):
+    executor = _make(kind, EvalSpec(workload="no-such-workload", cache_dir=workload_cache), request)
+
+    with pytest.raises(WorkerStartError, match=r"no-such-workload.*UnknownWorkloadError"):
+        executor.start()
+    executor.close()
+
+
+@pytest.mark.slow
+def test_local_worker_is_pinned_to_the_given_cpus(started):
+    executor, _ = started
+    if not isinstance(executor, LocalExecutor):
+        pytest.skip("cpu pinning is a LocalExecutor option")
+
+    pid = _pid(executor)
+
+    assert os.sched_getaffinity(pid) == set(executor.cpus or ())
+
+
+def test_local_worker_that_cannot_pin_itself_raises_at_start(workload_cache):
+    spec = EvalSpec(workload="digits-resnet", cache_dir=workload_cache)
+    executor = LocalExecutor(spec, cpus=[10_000])  # no such CPU: sched_setaffinity fails
+
+    with pytest.raises(WorkerStartError, match="OSError"):
+        executor.start()
+
+
+def test_submit_before_start_raises(workload_cache):
+    executor = LocalExecutor(EvalSpec(workload="digits-resnet", cache_dir=workload_cache))
+
+    with pytest.raises(RuntimeError, match="start"):
+        executor.submit(SKIP)
