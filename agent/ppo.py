@@ -180,8 +180,10 @@ class PPOAgent:
             self._pool = dict(list(self._pool.items())[-1024:])
 
     def ask(self) -> Proposal | None:
-        if self.iterations < self.settings.warmup_iterations or not self._pool:
+        if self.iterations < self.settings.warmup_iterations:
             return None
+        if not self._pool:
+            return self._explore() if self._idle >= self.settings.explore_after else None
         lo, hi = self._bins[self._turn % len(self._bins)]
         self._turn += 1
         lam = math.sqrt(lo * hi)

@@ -145,6 +145,12 @@ def probe_cost_model(
     base = flops_cost_model(space)
     lat, drop = _empty(space), _empty(space)
     for (step, name, index), result in probes.items():
+        if result is not None:
+            speedup = float(result.get("speedup", math.nan))
+            if not (math.isfinite(speedup) and speedup > 0) or not math.isfinite(
+                float(result.get("accuracy_drop", math.nan))
+            ):
+                result = None
         if result is None:
             lat[step][name][index] = 0.0
             drop[step][name][index] = 50.0

@@ -234,6 +234,7 @@ class LayerEnv(gym.Env[np.ndarray, np.ndarray]):
                 self._masks[i],
             ]
         )
+        obs = np.nan_to_num(obs, nan=0.0, posinf=OBS_CLIP, neginf=-OBS_CLIP)
         return np.clip(obs, -OBS_CLIP, OBS_CLIP).astype(np.float32)
 
 

@@ -5,8 +5,9 @@ the policy can train on thousands of them between real measurements while the re
 to the candidates it proposes. The surrogate predicts the two quantities the reward needs:
 
 - ``log(latency ratio)`` = the cost table's additive sum + a ridge-regression correction,
-- ``accuracy drop`` = the cost table's additive sum + a ridge correction (with the squared sum
-  as a feature: losses compound),
+- ``accuracy drop`` = the cost table's additive sum + a ridge correction, fitted on
+  ``log1p(drop)`` (losses compound, a collapse must not dominate the fit, and the prediction
+  stays >= 0),
 
 where the corrections are fitted on whole-model measurements with one-hot choice features. With
 no measurement yet, it is the cost table alone. Its predictions are marked ``predicted: True``
@@ -25,7 +26,20 @@ from envs.cost import CostModel
 from search_spaces.space import DecisionSpace
 from search_spaces.strategy import Strategy
 
-FAILED_KEY = "failed"
+N_DENSE = 11
+"""Leading dense features: intercept, table sums (3), whole-model shares (7)."""
+ONEHOT_SHRINK = 5.0
+"""How much harder per-unit corrections are shrunk than the dense ones."""
+
+
+def _squash(drop: float) -> float:
+    """Drops are fitted as ``log1p``: a collapse (60 points) must not dominate the fit, and
+    predictions stay >= 0 (losing accuracy is the rule; small gains are noise)."""
+    return math.log1p(max(drop, 0.0))
+
+
+def _unsquash(value: float) -> float:
+    return math.expm1(max(value, 0.0))
 
 
 class Surrogate:
@@ -90,24 +104,28 @@ class Surrogate:
                 continue
             rows.append(x)
             y_lat.append(-math.log(speedup) - lat)
-            y_drop.append(acc_drop - drop)
+            y_drop.append(_squash(acc_drop) - _squash(drop))
         self.samples = len(rows)
         if len(rows) < 3:
             return
         x = np.stack(rows)
-        penalty = self.ridge * np.eye(x.shape[1])
-        penalty[0, 0] = 1e-6  # do not shrink the intercept
-        gram = x.T @ x + penalty
+        # the table's sums and the whole-model shares explain most of it; per-unit one-hots
+        # only correct what they cannot, so they are shrunk harder
+        weights = np.full(x.shape[1], self.ridge * ONEHOT_SHRINK)
+        weights[:N_DENSE] = self.ridge
+        weights[0] = 1e-6  # do not shrink the intercept
+        gram = x.T @ x + np.diag(weights)
         self._lat_w = np.linalg.solve(gram, x.T @ np.asarray(y_lat))
         self._drop_w = np.linalg.solve(gram, x.T @ np.asarray(y_drop))
 
     def predict(self, strategy: Strategy) -> tuple[float, float]:
         """``(log latency ratio, accuracy drop)`` predicted for ``strategy``."""
         x, lat, drop = self.features(strategy)
+        squashed = _squash(drop)
         if self._lat_w is not None and self._drop_w is not None:
             lat += float(x @ self._lat_w)
-            drop += float(x @ self._drop_w)
-        return lat, min(max(drop, -5.0), 100.0)
+            squashed += float(x @ self._drop_w)
+        return lat, min(_unsquash(squashed), 100.0)
 
     def __call__(self, strategy: Strategy) -> dict[str, Any] | None:
         if strategy.key() in self._failed:

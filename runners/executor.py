@@ -181,9 +181,12 @@ class _SlotExecutor:
         while not self._done and self.pending:
             self._dispatch()
             self._expire()
-            if self._done or time.monotonic() >= end:
+            if self._done:
                 break
+            # always look once (timeout 0 is a non-blocking check), then stop at the deadline
             self._handle(self._wait(_until(min(end, *(s.deadline for s in self._slots)))))
+            if time.monotonic() >= end:
+                break
         self._dispatch()
         done, self._done = self._done, []
         return done

@@ -161,6 +161,20 @@ def test_poll_returns_nothing_when_its_timeout_ends_before_the_outcome(started):
 
 
 @pytest.mark.slow
+def test_non_blocking_polls_collect_a_finished_outcome(started):
+    """The driver polls with timeout 0 between PPO iterations: that must still read results."""
+    executor, _ = started
+    executor.submit(Strategy.from_dict({"layer3.2": {"skip": True}}))
+    deadline = time.monotonic() + 120
+    outcomes: list = []
+    while not outcomes and time.monotonic() < deadline:
+        outcomes = executor.poll(timeout=0)
+        time.sleep(0.2)  # the driver's think() in between
+
+    assert len(outcomes) == 1 and outcomes[0].ok, outcomes
+
+
+@pytest.mark.slow
 def test_poll_with_nothing_pending_returns_nothing_at_once(started):
     executor, _ = started
     start = time.monotonic()
