@@ -1,4 +1,4 @@
-"""Search quality: PPO vs random vs uniform vs TPE at equal budget, several seeds, real measurements.
+"""Search quality: PPO vs random vs uniform vs TPE at equal budget and seeds, measured for real.
 
 Each run is a full `layerpilot search` (its own process, MLflow store and candidate cache — no
 sharing between runs, so every agent pays for every candidate it measures). Per run we record
