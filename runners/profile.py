@@ -25,7 +25,7 @@ _SUFFIX = "_kernel_time"
 
 
 def node_times(onnx_path: Path, example_input: torch.Tensor, runs: int = 50) -> Counter[str]:
-    """Total kernel microseconds per ONNX node over ``runs`` batch-1 runs (1 thread)."""
+    """Kernel microseconds per ONNX node over ``runs`` batch-1 runs (median run × runs)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -40,12 +40,14 @@ def node_times(onnx_path: Path, example_input: torch.Tensor, runs: int = 50) -> 
         for _ in range(runs):
             session.run(None, feed)
         events = json.loads(Path(session.end_profiling()).read_text())
-    times: Counter[str] = Counter()
+    durations: dict[str, list[int]] = {}
     for event in events:
         name = event.get("name", "")
         if event.get("cat") == "Node" and name.endswith(_SUFFIX):
-            times[name[: -len(_SUFFIX)]] += int(event.get("dur", 0))
-    return times
+            durations.setdefault(name[: -len(_SUFFIX)], []).append(int(event.get("dur", 0)))
+    # the median run of each node, times the runs: one preempted run (a busy machine) must not
+    # make a 20 µs node look like the bottleneck
+    return Counter({node: int(np.median(d)) * len(d) for node, d in durations.items()})
 
 
 def latency_shares(

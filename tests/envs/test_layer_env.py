@@ -127,3 +127,15 @@ def test_observation_shows_lam_to_the_policy(space: DecisionSpace) -> None:
     low, _ = env.reset(seed=0, options={"lam": 0.1})
     high, _ = env.reset(seed=0, options={"lam": 3.0})
     assert not np.array_equal(low, high)
+
+
+def test_env_registered_with_ray_builds_the_same_env(space: DecisionSpace) -> None:
+    from ray.tune.registry import ENV_CREATOR, _global_registry
+
+    from envs.layer_env import register_with_ray
+
+    name = register_with_ray()
+    creator = _global_registry.get(ENV_CREATOR, name)
+    env = creator({"config": EnvConfig(space, fake_evaluator)})
+    assert isinstance(env, LayerEnv)
+    check_env(env, skip_render_check=True)
