@@ -384,4 +384,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the imported module, not this ``__main__`` copy: helpers such as `agent.cli_search`
+    # import `agent.cli`, and its error classes must be the ones `main` catches
+    from agent.cli import main as _main
+
+    sys.exit(_main())

@@ -60,6 +60,9 @@ class PPOSettings:
     """Proposals rotate over this many log-spaced λ bins (plus the search's own λ)."""
     warmup_iterations: int = 16
     """Surrogate iterations before the first proposal."""
+    local_candidates: int = 32
+    """Neighbours of measured Pareto-optimal strategies ranked next to the policy's samples at
+    each proposal (0: policy samples only)."""
     explore_after: int = 12
     """Iterations without a new strategy from the policy before `ask` explores instead (a
     mutation of the best measured strategy), so the search never stalls."""
@@ -149,6 +152,7 @@ class PPOAgent:
         self.iterations = 0
         self._idle = 0
         self._measured: list[tuple[float, Strategy]] = []
+        self._results: list[tuple[Strategy, float, float]] = []
         self.checkpoint_dir = checkpoint_dir
         self.last_checkpoint: Path | None = None
         self.rng = np.random.default_rng(seed)
@@ -177,42 +181,59 @@ class PPOAgent:
                     old = self._pool.get(key)
                     if old is None or episode.reward > old.reward:
                         self._pool[key] = episode
-        if len(self._pool) > 1536:  # keep the freshest (ask re-scores the pool each time)
-            self._pool = dict(list(self._pool.items())[-1024:])
+        if len(self._pool) > 768:  # keep the freshest (ask re-scores a bin of it each time)
+            self._pool = dict(list(self._pool.items())[-512:])
 
     def ask(self) -> Proposal | None:
         if self.iterations < self.settings.warmup_iterations:
             return None
-        if not self._pool:
-            return self._explore() if self._idle >= self.settings.explore_after else None
         lo, hi = self._bins[self._turn % len(self._bins)]
         self._turn += 1
         lam = math.sqrt(lo * hi)
         config = self.reward_config.with_lam(lam)
-        best_key, best_value, best_pred = None, -math.inf, None
-        for key, episode in self._pool.items():
-            if not lo <= episode.lam <= hi and len(self._bins) > 1:
-                continue
-            pred = self.surrogate(episode.strategy)  # re-predict: the surrogate may be refit
+        in_bin = [e for e in self._pool.values() if lo <= e.lam <= hi] or list(self._pool.values())
+        options = [(e.strategy, "policy") for e in in_bin]
+        options += [(s, "local") for s in self._mutants(self.settings.local_candidates)]
+        best: tuple[float, Strategy, str, dict[str, Any]] | None = None
+        for strategy, origin in options:
+            pred = self.surrogate(strategy)  # re-predict: the surrogate may have been refit
             value = reward(pred, config)
-            if value > best_value:
-                best_key, best_value, best_pred = key, value, pred
-        if best_key is None:  # nothing sampled in this bin yet: best over all at this λ
-            for key, episode in self._pool.items():
-                pred = self.surrogate(episode.strategy)
-                value = reward(pred, config)
-                if value > best_value:
-                    best_key, best_value, best_pred = key, value, pred
-        if best_key is None:
+            if pred is not None and (best is None or value > best[0]):
+                best = (value, strategy, origin, pred)
+        if best is None:
             return self._explore() if self._idle >= self.settings.explore_after else None
+        value, strategy, origin, pred = best
         self._idle = 0
-        episode = self._pool.pop(best_key)
-        self._seen.add(best_key)
-        extras: dict[str, Any] = {"lam": round(lam, 4), "predicted_reward": round(best_value, 4)}
-        if best_pred is not None:
-            extras["predicted_speedup"] = round(float(best_pred["speedup"]), 4)
-            extras["predicted_drop"] = round(float(best_pred["accuracy_drop"]), 4)
-        return Proposal(episode.strategy, extras)
+        self._pool.pop(strategy.key(), None)
+        self._seen.add(strategy.key())
+        extras: dict[str, Any] = {
+            "lam": round(lam, 4),
+            "origin": origin,
+            "predicted_reward": round(value, 4),
+            "predicted_speedup": round(float(pred["speedup"]), 4),
+            "predicted_drop": round(float(pred["accuracy_drop"]), 4),
+        }
+        return Proposal(strategy, extras)
+
+    def _mutants(self, count: int) -> list[Strategy]:
+        """Unmeasured neighbours (1–2 units changed) of measured Pareto-optimal strategies.
+
+        The policy samples whole strategies; near its best ones the surrogate can also rank
+        small edits, which the policy's sampling (its entropy shrinks as it trains) stops
+        producing. Each proposal is the best by predicted reward among both kinds.
+        """
+        front = _front(self._results)
+        out: list[Strategy] = []
+        for _ in range(count if front else 0):
+            base = front[int(self.rng.integers(len(front)))]
+            choices = self.space.from_strategy(base)
+            fresh = self.space.sample(self.rng)
+            for i in self.rng.choice(len(self.space), size=int(self.rng.integers(1, 3))):
+                choices[i] = fresh[i]
+            strategy = self.space.to_strategy(choices)
+            if strategy.key() not in self._seen and not strategy.is_identity:
+                out.append(strategy)
+        return out
 
     def _explore(self) -> Proposal | None:
         """The policy produced nothing new for a while (it has settled on strategies already
@@ -228,7 +249,7 @@ class PPOAgent:
             if strategy.key() not in self._seen and not strategy.is_identity:
                 self._seen.add(strategy.key())
                 self._idle = 0
-                return Proposal(strategy, {"explore": True, "lam": self.reward_config.lam})
+                return Proposal(strategy, {"origin": "explore", "lam": self.reward_config.lam})
         return None
 
     def tell(self, record: CandidateRecord) -> None:
@@ -238,6 +259,7 @@ class PPOAgent:
         self._data.append((record.strategy, record.outcome.result if record.ok else None))
         if record.ok:
             self._measured.append((record.reward, record.strategy))
+            self._results.append((record.strategy, record.speedup, record.accuracy_drop))
         self.surrogate.fit(self._data)
 
     @property
@@ -253,3 +275,15 @@ class PPOAgent:
 
     def close(self) -> None:
         self.algo.stop()
+
+
+def _front(results: list[tuple[Strategy, float, float]]) -> list[Strategy]:
+    """Strategies no other measured one beats on both speedup and accuracy drop."""
+    finite = [r for r in results if math.isfinite(r[1]) and math.isfinite(r[2])]
+    return [
+        s
+        for s, speed, drop in finite
+        if not any(
+            o_s >= speed and o_d <= drop and (o_s, o_d) != (speed, drop) for _, o_s, o_d in finite
+        )
+    ]

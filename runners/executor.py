@@ -117,6 +117,8 @@ class _Slot:
     ready: bool = False
     """Set up and waiting for work (False while starting)."""
     job: _Job | None = None
+    next_job: _Job | None = None
+    """Prefetch: already sent, waiting in the worker's pipe behind ``job``."""
     deadline: float = math.inf
     """When the job in flight (or the start-up) runs out of time."""
     failed_starts: int = 0
@@ -139,6 +141,10 @@ class _SlotExecutor:
     An executor supplies four hooks: `_spawn` a worker in the background, `_send` it a job,
     `_kill` it, and `_wait` up to a timeout for what its workers report (`_Event`).
     """
+
+    prefetch = False
+    """Send each worker its next job while it runs the current one, so it never idles waiting
+    for the driver to poll (the driver may be busy training between polls)."""
 
     def __init__(self, spec: EvalSpec, timeout_s: float) -> None:
         if timeout_s <= 0:
@@ -168,7 +174,8 @@ class _SlotExecutor:
 
     @property
     def pending(self) -> int:
-        return len(self._queue) + sum(s.job is not None for s in self._slots) + len(self._done)
+        running = sum((s.job is not None) + (s.next_job is not None) for s in self._slots)
+        return len(self._queue) + running + len(self._done)
 
     def submit(self, strategy: Strategy, timeout_s: float | None = None) -> None:
         if not self._started:
@@ -232,8 +239,12 @@ class _SlotExecutor:
                 if job is not None:
                     data = {**payload, "strategy": job.strategy.to_dict()}
                     self._done.append(Outcome.from_dict(data))
+                if slot.next_job is not None:  # the worker has already started it
+                    slot.job, slot.next_job = slot.next_job, None
+                    slot.deadline = time.monotonic() + slot.job.timeout_s
             elif kind == "died" and slot.ready:
                 job, slot.job = slot.job, None
+                self._requeue_next(slot)
                 if job is not None:
                     self._fail(job, f"WorkerDiedError: {payload}", 0.0, slot.worker)
                 self._restart(slot)
@@ -253,6 +264,12 @@ class _SlotExecutor:
         if self._queue and not any(s.handle is not None for s in self._slots):
             self._fail(self._queue.popleft(), f"WorkerStartError: {error}", 0.0, "")
 
+    def _requeue_next(self, slot: _Slot) -> None:
+        """A prefetched job never started on a worker that is going away: queue it first."""
+        if slot.next_job is not None:
+            self._queue.appendleft(slot.next_job)
+            slot.next_job = None
+
     def _fail(self, job: _Job, error: str, seconds: float, worker: str) -> None:
         outcome = Outcome(job.strategy, "failed", error=error, eval_seconds=seconds, worker=worker)
         self._done.append(outcome)
@@ -266,6 +283,7 @@ class _SlotExecutor:
                 self._start_failed(slot, f"TimeoutError: start-up exceeded {self.timeout_s:g} s")
             elif slot.job is not None:
                 job, slot.job = slot.job, None
+                self._requeue_next(slot)
                 error = f"TimeoutError: evaluation exceeded {job.timeout_s:g} s"
                 self._fail(job, error, job.timeout_s, slot.worker)
                 self._restart(slot)
@@ -283,6 +301,9 @@ class _SlotExecutor:
                 slot.job = self._queue.popleft()
                 slot.deadline = time.monotonic() + slot.job.timeout_s
                 self._send(slot, slot.job)
+            if self.prefetch and self._queue and slot.job is not None and slot.next_job is None:
+                slot.next_job = self._queue.popleft()
+                self._send(slot, slot.next_job)
 
 
 def _until(deadline: float) -> float | None:
@@ -324,6 +345,7 @@ class LocalExecutor(_SlotExecutor):
     ) -> None:
         super().__init__(spec, timeout_s)
         self.cpus = cpus
+        self.prefetch = True
 
     def start(self) -> dict[str, Any]:
         """Start the worker and wait for its baseline (`WorkerStartError` if it cannot)."""

@@ -175,6 +175,22 @@ def test_non_blocking_polls_collect_a_finished_outcome(started):
 
 
 @pytest.mark.slow
+def test_local_worker_starts_its_next_job_without_waiting_for_a_poll(started):
+    executor, _ = started
+    if not isinstance(executor, LocalExecutor):
+        pytest.skip("prefetch is a LocalExecutor feature")
+    executor.submit(Strategy.from_dict({"layer1.0": {"skip": True}, "layer2.2": {"skip": True}}))
+    executor.submit(Strategy.from_dict({"layer1.1": {"skip": True}, "layer2.2": {"skip": True}}))
+    [first] = executor.poll(timeout=120)
+    time.sleep(2 * first.eval_seconds + 1.0)  # the driver is busy: nobody polls
+
+    second = executor.poll(timeout=0)
+
+    assert first.ok and len(second) == 1 and second[0].ok
+    assert executor.pending == 0
+
+
+@pytest.mark.slow
 def test_poll_with_nothing_pending_returns_nothing_at_once(started):
     executor, _ = started
     start = time.monotonic()
