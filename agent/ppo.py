@@ -53,7 +53,7 @@ class PPOSettings:
     """Hidden layer sizes of the policy and value MLPs."""
     entropy: float = 0.01
     """Entropy bonus (keeps the policy exploring between refits)."""
-    lam_range: tuple[float, float] | None = (0.05, 4.0)
+    lam_range: tuple[float, float] | None = (0.05, 16.0)
     """λ range the policy is conditioned on (``tradeoff``/``flops-proxy`` modes; accuracy
     points per doubling of speed). ``None`` trains for the search's λ only."""
     lam_bins: int = 5

@@ -30,6 +30,7 @@ from typing import Any
 from agent.base import Agent, Proposal
 from agent.config import SearchConfig
 from agent.records import CandidateRecord
+from agent.wrapup import baseline_accuracy_of, baseline_summary, finish, summarize
 from envs.reward import reward
 from runners.job import EvalSpec, Outcome
 
@@ -153,10 +154,9 @@ def run_search(
     """
     import torch
 
-    from agent.report import pareto_front
     from agent.tracking import Tracker
     from runners import get_runtime
-    from runners.build import Subject, build_candidate
+    from runners.build import Subject
     from runners.cache import CandidateCache
     from runners.evaluate import check_evaluable
     from search_spaces import Strategy
@@ -196,7 +196,7 @@ def run_search(
     interrupted = False
     status = "FINISHED"
     try:
-        baseline = _baseline_summary(executor.start())
+        baseline = baseline_summary(executor.start())
         cache = CandidateCache(config.cache or out / "cache.jsonl", spec.cache_scope())
         tracker = Tracker(config.tracking_uri, config.experiment, workdir=Path.cwd())
         workload_info = {
@@ -313,25 +313,13 @@ def run_search(
     finally:
         executor.close()
         wall = time.perf_counter() - t0
-        summary = _summary(records, baseline_accuracy_of(state), timer, wall)
+        summary = summarize(records, baseline_accuracy_of(state), timer.totals, wall)
         if agent is not None:
             summary["agent_iterations"] = getattr(agent, "iterations", 0)
         state.update(status=status, summary=summary, runs={str(k): v for k, v in run_ids.items()})
         _write_json(out / "search.json", state)
         if tracker is not None and state.get("mlflow"):
-            _finish(
-                tracker,
-                config,
-                subject,
-                records,
-                run_ids,
-                summary,
-                status,
-                out,
-                state,
-                pareto_front,
-                build_candidate,
-            )
+            finish(tracker, config, subject, records, run_ids, summary, status, out, state)
         if agent is not None:
             agent.close()
     return SearchResult(
@@ -342,88 +330,6 @@ def run_search(
         interrupted,
         dict(timer.totals),
     )
-
-
-def _baseline_summary(measurement: dict[str, Any]) -> dict[str, Any]:
-    """The baseline as flat metrics (``measurement_dict`` nests the latency statistics)."""
-    latency = measurement.get("latency") or {}
-    out: dict[str, Any] = {
-        k: measurement[k]
-        for k in ("accuracy", "flops", "weighted_flops", "params", "size_bytes")
-        if k in measurement
-    }
-    out["latency_ms"] = latency.get("median_ms")
-    out["latency_p90_ms"] = latency.get("p90_ms")
-    out["latency_spread"] = latency.get("spread")
-    return out
-
-
-def baseline_accuracy_of(state: dict[str, Any]) -> float:
-    return float((state.get("baseline") or {}).get("accuracy", math.nan))
-
-
-def _summary(
-    records: list[CandidateRecord], baseline_accuracy: float, timer: _Timer, wall: float
-) -> dict[str, Any]:
-    from agent.report import best_at_drop, search_hypervolume
-
-    ok = [r for r in records if r.ok]
-    best = best_at_drop(records, 1.0)
-    t = timer.totals
-    measured = t.get("eval", 0.0) + t.get("probes", 0.0)
-    return {
-        "candidates": len(records),
-        "failed": len(records) - len(ok),
-        "cached": sum(r.cached for r in records),
-        "best_reward": max((r.reward for r in records), default=math.nan),
-        "best_speedup_at_1pt": best.speedup if best else math.nan,
-        "hypervolume": search_hypervolume(records, baseline_accuracy),
-        "wall_seconds": wall,
-        "eval_seconds": t.get("eval", 0.0),
-        "probe_seconds": t.get("probes", 0.0),
-        "startup_seconds": t.get("startup", 0.0),
-        "agent_seconds": t.get("agent", 0.0) + t.get("agent_setup", 0.0) - t.get("probes", 0.0),
-        "agent_overlapped_seconds": t.get("agent_overlapped", 0.0),
-        "tracking_seconds": t.get("tracking", 0.0),
-        "overhead_share": max(0.0, 1.0 - measured / wall) if wall > 0 else math.nan,
-    }
-
-
-def _finish(
-    tracker: Any,
-    config: SearchConfig,
-    subject: Any,
-    records: list[CandidateRecord],
-    run_ids: dict[int, str],
-    summary: dict[str, Any],
-    status: str,
-    out: Path,
-    state: dict[str, Any],
-    pareto_front: Callable[..., list[int]],
-    build_candidate: Callable[..., Any],
-) -> None:
-    from agent.report import write_report
-
-    ok = [r for r in records if r.ok]
-    front = [ok[i] for i in pareto_front([(r.accuracy, r.speedup) for r in ok])]
-    tracker.mark_pareto([run_ids[r.index] for r in front if r.index in run_ids])
-    if ok:
-        best = max(ok, key=lambda r: r.reward)
-        best.strategy.save(out / "best_strategy.json")
-        summary["best_index"] = best.index
-        if config.log_model and best.index in run_ids:
-            from runners.build import BuildConfig
-
-            model = build_candidate(
-                subject, best.strategy, BuildConfig(bn_batches=config.bn_batches)
-            ).model
-            tracker.log_best_model(run_ids[best.index], model, subject.workload.example_input)
-    report = write_report(
-        records, state.get("baseline") or {}, out / "report", title=f"layerpilot search {out.name}"
-    )
-    tracker.log_artifact(state["mlflow"]["parent_run_id"], report)
-    tracker.log_artifact(state["mlflow"]["parent_run_id"], report.parent / "pareto.png")
-    tracker.finish_search({k: v for k, v in summary.items() if isinstance(v, int | float)}, status)
 
 
 def _make_executor(config: SearchConfig, spec: EvalSpec) -> Any:

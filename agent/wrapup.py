@@ -1,0 +1,97 @@
+"""What a search leaves behind: its summary metrics, the front tagged in MLflow, the best
+candidate (strategy file and logged model), and the report."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from agent.config import SearchConfig
+from agent.records import CandidateRecord
+
+
+def baseline_summary(measurement: dict[str, Any]) -> dict[str, Any]:
+    """The baseline as flat metrics (``measurement_dict`` nests the latency statistics)."""
+    latency = measurement.get("latency") or {}
+    out: dict[str, Any] = {
+        k: measurement[k]
+        for k in ("accuracy", "flops", "weighted_flops", "params", "size_bytes")
+        if k in measurement
+    }
+    out["latency_ms"] = latency.get("median_ms")
+    out["latency_p90_ms"] = latency.get("p90_ms")
+    out["latency_spread"] = latency.get("spread")
+    return out
+
+
+def baseline_accuracy_of(state: dict[str, Any]) -> float:
+    return float((state.get("baseline") or {}).get("accuracy", math.nan))
+
+
+def summarize(
+    records: list[CandidateRecord], baseline_accuracy: float, t: dict[str, float], wall: float
+) -> dict[str, Any]:
+    """The search's summary metrics (``search.json``, the parent run, the CLI, the benchmark).
+
+    ``overhead_share`` is the share of wall time spent outside candidate and probe measurement:
+    start-up, agent and tracking time that did not overlap a measurement, and idle gaps.
+    """
+    from agent.report import best_at_drop, search_hypervolume
+
+    ok = [r for r in records if r.ok]
+    best = best_at_drop(records, 1.0)
+    measured = t.get("eval", 0.0) + t.get("probes", 0.0)
+    return {
+        "candidates": len(records),
+        "failed": len(records) - len(ok),
+        "cached": sum(r.cached for r in records),
+        "best_reward": max((r.reward for r in records), default=math.nan),
+        "best_speedup_at_1pt": best.speedup if best else math.nan,
+        "hypervolume": search_hypervolume(records, baseline_accuracy),
+        "wall_seconds": wall,
+        "eval_seconds": t.get("eval", 0.0),
+        "probe_seconds": t.get("probes", 0.0),
+        "startup_seconds": t.get("startup", 0.0),
+        "agent_seconds": t.get("agent", 0.0) + t.get("agent_setup", 0.0) - t.get("probes", 0.0),
+        "agent_overlapped_seconds": t.get("agent_overlapped", 0.0),
+        "tracking_seconds": t.get("tracking", 0.0),
+        "overhead_share": max(0.0, 1.0 - measured / wall) if wall > 0 else math.nan,
+    }
+
+
+def finish(
+    tracker: Any,
+    config: SearchConfig,
+    subject: Any,
+    records: list[CandidateRecord],
+    run_ids: dict[int, str],
+    summary: dict[str, Any],
+    status: str,
+    out: Path,
+    state: dict[str, Any],
+) -> None:
+    """Tag the front, save and log the best candidate, write the report, close the parent run."""
+    from agent.report import pareto_front, write_report
+    from runners.build import build_candidate
+
+    ok = [r for r in records if r.ok]
+    front = [ok[i] for i in pareto_front([(r.accuracy, r.speedup) for r in ok])]
+    tracker.mark_pareto([run_ids[r.index] for r in front if r.index in run_ids])
+    if ok:
+        best = max(ok, key=lambda r: r.reward)
+        best.strategy.save(out / "best_strategy.json")
+        summary["best_index"] = best.index
+        if config.log_model and best.index in run_ids:
+            from runners.build import BuildConfig
+
+            model = build_candidate(
+                subject, best.strategy, BuildConfig(bn_batches=config.bn_batches)
+            ).model
+            tracker.log_best_model(run_ids[best.index], model, subject.workload.example_input)
+    report = write_report(
+        records, state.get("baseline") or {}, out / "report", title=f"layerpilot search {out.name}"
+    )
+    tracker.log_artifact(state["mlflow"]["parent_run_id"], report)
+    tracker.log_artifact(state["mlflow"]["parent_run_id"], report.parent / "pareto.png")
+    tracker.finish_search({k: v for k, v in summary.items() if isinstance(v, int | float)}, status)
