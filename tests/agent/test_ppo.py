@@ -17,8 +17,6 @@ from search_spaces.space import DecisionSpace
 
 from models import make_model
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def ray_local():
@@ -52,6 +50,7 @@ def synthetic_table(space: DecisionSpace):
     return probe_cost_model(space, results)
 
 
+@pytest.mark.slow
 def test_ppo_learns_on_the_surrogate_and_proposes(
     ray_local: None, space: DecisionSpace, tmp_path: Path
 ) -> None:
@@ -84,3 +83,12 @@ def test_ppo_learns_on_the_surrogate_and_proposes(
         assert agent.last_checkpoint is not None and agent.last_checkpoint.exists()
     finally:
         agent.close()
+
+
+def test_front_keeps_only_non_dominated_measurements() -> None:
+    from agent.ppo import _front
+    from search_spaces import Strategy
+
+    a, b, c, d = (Strategy.from_dict({f"u{i}": {"skip": True}}) for i in range(4))
+    results = [(a, 2.0, 0.5), (b, 3.0, 1.0), (c, 1.5, 0.6), (d, 3.0, float("nan"))]
+    assert _front(results) == [a, b]  # c is slower and less accurate than a; d is not finite
