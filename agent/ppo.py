@@ -60,6 +60,9 @@ class PPOSettings:
     """Proposals rotate over this many log-spaced λ bins (plus the search's own λ)."""
     warmup_iterations: int = 16
     """Surrogate iterations before the first proposal."""
+    policy_proposals: bool = True
+    """Rank the policy's own samples as proposals (False, with ``local_candidates`` > 0, is the
+    surrogate-only ablation: no RL in the proposals)."""
     local_candidates: int = 32
     """Neighbours of measured Pareto-optimal strategies ranked next to the policy's samples at
     each proposal (0: policy samples only)."""
@@ -192,7 +195,7 @@ class PPOAgent:
         lam = math.sqrt(lo * hi)
         config = self.reward_config.with_lam(lam)
         in_bin = [e for e in self._pool.values() if lo <= e.lam <= hi] or list(self._pool.values())
-        options = [(e.strategy, "policy") for e in in_bin]
+        options = [(e.strategy, "policy") for e in in_bin] if self.settings.policy_proposals else []
         options += [(s, "local") for s in self._mutants(self.settings.local_candidates)]
         best: tuple[float, Strategy, str, dict[str, Any]] | None = None
         for strategy, origin in options:

@@ -29,13 +29,24 @@ from typing import Any
 
 WORKLOADS = ("digits-resnet", "mnist1d-cnn")
 AGENTS = ("ppo", "random", "uniform", "tpe")
+ABLATIONS = {
+    # is it the RL or the surrogate? same loop, one source of proposals switched off
+    "ppo-policy-only": "[ppo]\nlocal_candidates = 0\n",
+    "surrogate-local-only": "[ppo]\npolicy_proposals = false\n",
+}
 
 
 def run_one(workload: str, agent: str, seed: int, budget: int, work: Path) -> dict[str, Any]:
     out = work / f"{workload}-{agent}-s{seed}"
+    extra: list[str] = []
+    if agent in ABLATIONS:
+        config = work / f"{agent}.toml"
+        config.write_text(ABLATIONS[agent])
+        extra = ["--config", str(config)]
     cmd = [
-        sys.executable, "-m", "agent.cli", "search",
-        "--workload", workload, "--agent", agent, "--agent-seed", str(seed),
+        sys.executable, "-m", "agent.cli", "search", *extra,
+        "--workload", workload, "--agent", "ppo" if agent in ABLATIONS else agent,
+        "--agent-seed", str(seed),
         "--budget", str(budget), "--out", str(out), "--cache", str(out / "cache.jsonl"),
         "--tracking-uri", f"sqlite:///{(work / 'mlflow.db').resolve()}",
         "--experiment", "search-quality", "--json",
@@ -67,7 +78,7 @@ def _fmt(x: float, spec: str) -> str:
 
 def table(rows: list[dict[str, Any]], budget: int, seeds: list[int]) -> str:
     lines = []
-    done = {(r["workload"], r["agent"], r["seed"]) for r in rows}
+    done = {(r["workload"], r["agent"], r["seed"]) for r in rows if r["agent"] in AGENTS}
     total = len(WORKLOADS) * len(AGENTS) * len(seeds)
     status = "complete" if len(done) >= total else f"PARTIAL: {len(done)} of {total} runs"
     lines.append(f"# Search quality — budget {budget} candidates, seeds {seeds} ({status})\n")
@@ -79,13 +90,13 @@ def table(rows: list[dict[str, Any]], budget: int, seeds: list[int]) -> str:
         "(cached per workload/runtime/machine, so only the first PPO run on a setup pays it).\n"
     )
     header = (
-        "| workload | agent | runs | HV median | HV per seed | best @≤1pt median | "
+        "| workload | agent | runs | HV median | HV per seed | best speedup @≤1pt median | "
         "best @≤1pt per seed | candidates | wall s median | probe s | overhead median |"
     )
     lines.append(header)
     lines.append("|---|---|---:|---:|---|---:|---|---:|---:|---:|---:|")
     for workload in WORKLOADS:
-        for agent in AGENTS:
+        for agent in (*AGENTS, *ABLATIONS):
             rs = sorted(
                 (r for r in rows if r["workload"] == workload and r["agent"] == agent),
                 key=lambda r: r["seed"],
@@ -96,7 +107,7 @@ def table(rows: list[dict[str, Any]], budget: int, seeds: list[int]) -> str:
             best = [r["best_speedup_at_1pt"] for r in rs]
             lines.append(
                 f"| {workload} | {agent} | {len(rs)} | {_fmt(_median(hv), '.2f')} | "
-                f"{', '.join(_fmt(v, '.2f') for v in hv)} | {_fmt(_median(best), '.2f')}x | "
+                f"{', '.join(_fmt(v, '.2f') for v in hv)} | {_fmt(_median(best), '.2f')} | "
                 f"{', '.join(_fmt(v, '.2f') for v in best)} | "
                 f"{', '.join(str(r['candidates']) for r in rs)} | "
                 f"{_fmt(_median([r['wall_seconds'] for r in rs]), '.0f')} | "
@@ -123,7 +134,7 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=100)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS))
-    parser.add_argument("--agents", nargs="+", default=list(AGENTS))
+    parser.add_argument("--agents", nargs="+", default=list(AGENTS), choices=[*AGENTS, *ABLATIONS])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/search_quality.md"))
     parser.add_argument("--work", type=Path, default=Path("runs/bench-search-quality"))
     parser.add_argument("--table-only", action="store_true", help="print the table and exit")
