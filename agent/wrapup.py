@@ -35,7 +35,10 @@ def summarize(
     """The search's summary metrics (``search.json``, the parent run, the CLI, the benchmark).
 
     ``overhead_share`` is the share of wall time spent outside candidate and probe measurement:
-    start-up, agent and tracking time that did not overlap a measurement, and idle gaps.
+    start-up, agent and tracking time that did not overlap a measurement, and idle gaps. It is
+    the authoritative overhead figure. ``agent_seconds`` (ask, tell, and thinking while nothing
+    was in flight) and ``tracking_seconds`` are driver time, much of which overlaps the prefetched
+    next measurement; ``agent_overlapped_seconds`` is training done while a measurement ran.
     """
     from agent.report import best_at_drop, search_hypervolume
 
