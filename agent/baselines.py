@@ -21,17 +21,10 @@ from search_spaces.space import DecisionSpace
 from search_spaces.strategy import Strategy
 
 
-class RandomAgent:
-    """Uniformly random legal choices at every step."""
+class _Baseline:
+    """What the baselines share: nothing to learn between measurements, nothing to release."""
 
-    name = "random"
-
-    def __init__(self, space: DecisionSpace, seed: int = 0) -> None:
-        self.space = space
-        self.rng = np.random.default_rng(seed)
-
-    def ask(self) -> Proposal | None:
-        return Proposal(self.space.to_strategy(self.space.sample(self.rng)))
+    name = "baseline"
 
     def tell(self, record: CandidateRecord) -> None:
         pass
@@ -45,6 +38,19 @@ class RandomAgent:
 
     def close(self) -> None:
         pass
+
+
+class RandomAgent(_Baseline):
+    """Uniformly random legal choices at every step."""
+
+    name = "random"
+
+    def __init__(self, space: DecisionSpace, seed: int = 0) -> None:
+        self.space = space
+        self.rng = np.random.default_rng(seed)
+
+    def ask(self) -> Proposal | None:
+        return Proposal(self.space.to_strategy(self.space.sample(self.rng)))
 
 
 def uniform_grid(space: DecisionSpace) -> list[Strategy]:
@@ -74,7 +80,7 @@ def uniform_grid(space: DecisionSpace) -> list[Strategy]:
     return out
 
 
-class UniformAgent:
+class UniformAgent(_Baseline):
     """Walks `uniform_grid` (the identity strategy excluded: it is the baseline)."""
 
     name = "uniform"
@@ -90,21 +96,12 @@ class UniformAgent:
         self._next += 1
         return Proposal(self._grid[self._next - 1])
 
-    def tell(self, record: CandidateRecord) -> None:
-        pass
-
-    def think(self) -> None:
-        pass
-
     @property
     def exhausted(self) -> bool:
         return self._next >= len(self._grid)
 
-    def close(self) -> None:
-        pass
 
-
-class TPEAgent:
+class TPEAgent(_Baseline):
     """Optuna TPE via Ray Tune's ``OptunaSearch`` (its ``suggest``/``on_trial_complete`` API,
     without Tune's trial runner: the driver owns evaluation, caching and tracking)."""
 
@@ -143,13 +140,3 @@ class TPEAgent:
         self._pending.pop(record.strategy.key(), None)
         if trial_id is not None:
             self._searcher.on_trial_complete(trial_id, {"reward": record.reward})
-
-    def think(self) -> None:
-        pass
-
-    @property
-    def exhausted(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
