@@ -31,6 +31,11 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--agent", choices=AGENTS, help="search agent (default ppo)")
     p.add_argument("--agent-seed", type=int, help="agent seed (default 0)")
     p.add_argument("--budget", type=int, help="candidates to evaluate (default 150)")
+    p.add_argument(
+        "--actions",
+        help="comma-separated actions to search (default: prune,lowrank,precision,skip; "
+        "add dynamic_skip for per-input gating, which trains a controller per candidate)",
+    )
     p.add_argument("--reward", choices=REWARD_MODES, help="reward mode (default tradeoff)")
     p.add_argument("--lam", type=float, help="tradeoff: accuracy points per doubling of speed")
     p.add_argument("--target-speedup", type=float, help="target mode: speedup to reach")
@@ -89,6 +94,9 @@ def search_config(args: argparse.Namespace) -> Any:
             agent=args.agent,
             agent_seed=args.agent_seed,
             budget=args.budget,
+            actions=None
+            if args.actions is None
+            else tuple(a.strip() for a in args.actions.split(",") if a.strip()),
             reward=reward,
             runtime=args.runtime,
             threads=args.threads,

@@ -35,6 +35,9 @@ class SearchConfig:
     """Seed of the agent (policy init, sampling)."""
     budget: int = 150
     """Candidates to evaluate (cache hits from an earlier search count, probes do not)."""
+    actions: tuple[str, ...] | None = None
+    """Actions searched (default: every registered action except the opt-in ``dynamic_skip``,
+    whose candidates each train a controller)."""
     reward: RewardConfig = field(default_factory=RewardConfig)
     """The reward the agent maximises."""
     runtime: str = "onnxruntime-cpu"
@@ -79,6 +82,13 @@ class SearchConfig:
             raise ConfigError("give exactly one of workload or model")
         if self.agent not in AGENTS:
             raise ConfigError(f"unknown agent {self.agent!r}; choose one of {', '.join(AGENTS)}")
+        if self.actions is not None:
+            from search_spaces.actions import ACTIONS
+
+            unknown = sorted(set(self.actions) - set(ACTIONS))
+            if unknown or not self.actions:
+                known = ", ".join(sorted(ACTIONS))
+                raise ConfigError(f"actions: unknown {unknown or 'empty list'}; known: {known}")
         if self.budget < 1:
             raise ConfigError(f"budget must be >= 1 candidate, got {self.budget}")
         if self.threads < 1 or self.batch_size < 1 or self.bn_batches < 0:
@@ -93,6 +103,7 @@ class SearchConfig:
         for key in ("out", "cache", "cache_dir"):
             data[key] = None if data[key] is None else str(data[key])
         data["ppo"]["hidden"] = list(self.ppo.hidden)
+        data["actions"] = None if self.actions is None else list(self.actions)
         return data
 
     def to_json(self) -> str:
@@ -129,6 +140,10 @@ def config_from_dict(data: dict[str, Any]) -> SearchConfig:
     for key in ("out", "cache", "cache_dir"):
         if data.get(key) is not None:
             data[key] = Path(data[key])
+    if isinstance(data.get("actions"), str):
+        data["actions"] = tuple(a.strip() for a in data["actions"].split(",") if a.strip())
+    elif isinstance(data.get("actions"), list):
+        data["actions"] = tuple(data["actions"])
     return _build(SearchConfig, data, "search config")  # type: ignore[no-any-return]
 
 

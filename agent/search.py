@@ -178,7 +178,7 @@ def run_search(
     subject = Subject.prepare(spec.load_workload())
     check_evaluable(subject, Strategy(), spec.eval)  # runtime usable here, before any work
     runtime = get_runtime(config.runtime, threads=config.threads)
-    space = DecisionSpace(subject.units, precisions=runtime.precisions)
+    space = DecisionSpace(subject.units, actions=config.actions, precisions=runtime.precisions)
 
     out = config.out or default_out_dir(config)
     out.mkdir(parents=True, exist_ok=True)

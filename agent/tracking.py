@@ -70,6 +70,13 @@ CANDIDATE_METRICS = (
     "flops",
     "params",
     "size_bytes",
+    # dynamic-skip candidates only (absent otherwise, so not logged)
+    "executed_blocks",
+    "executed_share",
+    "gated_blocks",
+    "dynamic_alpha",
+    "latency_median_ms",
+    "latency_input_p90_ms",
 )
 """Result fields logged as metrics of a candidate run (plus ``reward`` and ``eval_seconds``)."""
 

@@ -42,6 +42,16 @@ class Candidate:
     A path covers its submodules (``"layer1.0"`` covers ``"layer1.0.conv1"``)."""
     calibration: torch.Tensor | None = None
     """Inputs for static-quantization calibration (required when any precision is int8)."""
+    notes: dict[str, object] = field(default_factory=dict)
+    """Facts of the build recorded with the measurement (e.g. controller training)."""
+
+    @property
+    def input_dependent(self) -> bool:
+        """Whether the model's cost depends on the input (dynamic skip): latency is then
+        measured over real inputs, not one repeated example."""
+        from search_spaces.dynamic import find_dynamic
+
+        return find_dynamic(self.model) is not None
 
 
 @runtime_checkable

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
 from envs.workloads.base import Workload
 from runners.base import Candidate
+from runners.gate_training import GateTrainConfig, train_controller
 from runners.recovery import reestimate_batchnorm
 from search_spaces import (
     Plan,
@@ -19,6 +21,7 @@ from search_spaces import (
     discover_units,
     resolve,
 )
+from search_spaces.dynamic import find_dynamic
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,8 @@ class BuildConfig:
     """Batch size of those batches."""
     calibration_samples: int = 128
     """Train-split samples handed to the runtime for int8 calibration."""
+    gates: GateTrainConfig = field(default_factory=GateTrainConfig)
+    """How a dynamic-skip controller is trained (only candidates that gate a block)."""
 
     def __post_init__(self) -> None:
         if self.bn_batches < 0 or self.bn_batch_size < 1 or self.calibration_samples < 1:
@@ -77,17 +82,25 @@ def build_candidate(
         subject.model, subject.units, plan, subject.workload.example_input
     )
     structural = any(name != "precision" for actions in plan.actions.values() for name in actions)
+    dynamic = find_dynamic(model)
     if structural and config.bn_batches:
-        reestimate_batchnorm(
-            model,
-            subject.workload.train.inputs,
-            batch_size=config.bn_batch_size,
-            max_batches=config.bn_batches,
-        )
+        # statistics of the full backbone: the gates are not trained yet
+        with dynamic.forced(True) if dynamic is not None else nullcontext():
+            reestimate_batchnorm(
+                model,
+                subject.workload.train.inputs,
+                batch_size=config.bn_batch_size,
+                max_batches=config.bn_batches,
+            )
+    notes: dict[str, object] = {}
+    if dynamic is not None:
+        stats = train_controller(dynamic, subject.workload.train.inputs, config.gates)
+        notes["gate_training"] = asdict(stats)
     calibration = subject.workload.train.inputs[: config.calibration_samples]
     return Candidate(
         model=model,
         example_input=subject.workload.example_input,
         precisions=precisions,
         calibration=calibration if precisions else None,
+        notes=notes,
     )

@@ -18,8 +18,10 @@ import torch
 
 from runners.base import RuntimeUnavailableError, check_precisions, covered_by
 from runners.build import BuildConfig, Subject, build_candidate
-from runners.latency import LatencyConfig, LatencyStats, measure_compiled
+from runners.gate_training import gate_statistics
+from runners.latency import LatencyConfig, LatencyStats, measure_compiled, measure_over_inputs
 from search_spaces import Strategy
+from search_spaces.dynamic import find_dynamic
 
 #: Ideal throughput of each precision relative to fp32, for the FLOP-ideal speedup.
 PRECISION_COST = {"fp32": 1.0, "fp16": 0.5, "int8": 0.25}
@@ -78,7 +80,7 @@ class EvalResult:
 
     @property
     def speedup(self) -> float:
-        return self.baseline.latency.median_ms / self.candidate.latency.median_ms
+        return self.baseline.latency.expected_ms / self.candidate.latency.expected_ms
 
     @property
     def ideal_speedup(self) -> float:
@@ -95,12 +97,12 @@ class EvalResult:
             "accuracy": c.accuracy,
             "baseline_accuracy": b.accuracy,
             "accuracy_drop": b.accuracy - c.accuracy,
-            "latency_ms": c.latency.median_ms,
+            "latency_ms": c.latency.expected_ms,
             "latency_p90_ms": c.latency.p90_ms,
             "latency_spread": c.latency.spread,
             "latency_stable": c.latency.stable,
             "latency_runs": c.latency.runs,
-            "baseline_latency_ms": b.latency.median_ms,
+            "baseline_latency_ms": b.latency.expected_ms,
             "baseline_latency_p90_ms": b.latency.p90_ms,
             "speedup": self.speedup,
             "ideal_speedup": self.ideal_speedup,
@@ -112,7 +114,23 @@ class EvalResult:
             "size_bytes": c.size_bytes,
             "baseline_size_bytes": b.size_bytes,
             "info": c.info,
+            **_dynamic_fields(c),
         }
+
+
+def _dynamic_fields(m: Measurement) -> dict[str, Any]:
+    """Top-level fields of an input-dependent (dynamic-skip) candidate; empty otherwise."""
+    gates = m.info.get("dynamic")
+    if not isinstance(gates, dict):
+        return {}
+    return {
+        "executed_blocks": gates["executed_blocks"],
+        "executed_share": gates["executed_share"],
+        "gated_blocks": gates["gated_blocks"],
+        "dynamic_alpha": gates["alpha"],
+        "latency_median_ms": m.latency.input_median_ms,
+        "latency_input_p90_ms": m.latency.input_p90_ms,
+    }
 
 
 def measure(
@@ -137,7 +155,20 @@ def measure(
         accuracy = float(subject.workload.metric(outputs, subject.workload.eval.targets.numpy()))
         if not math.isfinite(accuracy):
             raise EvaluationError(f"strategy {strategy.key()}: metric is {accuracy}")
-        latency = measure_compiled(compiled, candidate.example_input, config.latency)
+        if candidate.input_dependent:
+            samples = subject.workload.eval.inputs[: config.latency.inputs]
+            latency = measure_over_inputs(compiled, samples, config.latency)
+        else:
+            latency = measure_compiled(compiled, candidate.example_input, config.latency)
+    dynamic = find_dynamic(candidate.model)
+    if dynamic is not None:
+        # decisions of the deployed (thresholded) controller over the whole eval split
+        stats = gate_statistics(dynamic, subject.workload.eval.inputs, config.eval_batch_size)
+        candidate.notes["dynamic"] = {
+            **stats,
+            "alpha": sum(dynamic.alphas) / len(dynamic.alphas),
+            "gated": list(dynamic.gated),
+        }
     per_module = flops_by_module(candidate.model, candidate.example_input)
     leaves = _leaf_flops(candidate.model, per_module)
     weighted = sum(
@@ -149,6 +180,7 @@ def measure(
     )
     info = {
         **compiled.info,
+        **candidate.notes,
         "batch_size": config.latency.batch_size,
         "machine": platform.machine(),
         "python": platform.python_version(),

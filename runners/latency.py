@@ -21,7 +21,7 @@ import gc
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -62,9 +62,14 @@ class LatencyConfig:
     slow model stops mid-round (``stable=False``)."""
     batch_size: int = 1
     """Batch size of each timed run (:func:`measure_compiled` repeats the example input)."""
+    inputs: int = 64
+    """Distinct eval inputs the runs rotate over when a model's cost depends on its input
+    (:func:`measure_over_inputs`); unused for static models."""
 
     def __post_init__(self) -> None:
         errors = []
+        if self.inputs < 1:
+            errors.append(f"inputs must be >= 1, got {self.inputs}")
         if self.warmup < 0:
             errors.append(f"warmup must be >= 0, got {self.warmup}")
         if not 0.0 <= self.warmup_seconds < math.inf:
@@ -111,6 +116,21 @@ class LatencyStats:
     """Rounds started (a round cut short by ``max_seconds`` counts)."""
     stable: bool
     """True when the median settled within ``rel_tol``; False when a cap stopped it first."""
+    inputs: int = 0
+    """Distinct inputs the runs rotated over (0: one example repeated). Set for models whose
+    cost depends on the input (dynamic skip)."""
+    input_mean_ms: float | None = None
+    """Mean over the inputs of each input's median: the expected cost of one real input."""
+    input_median_ms: float | None = None
+    """Median over the inputs of each input's median."""
+    input_p90_ms: float | None = None
+    """90th percentile over the inputs of each input's median."""
+
+    @property
+    def expected_ms(self) -> float:
+        """The figure speedups are computed from: ``input_mean_ms`` when the runs rotated over
+        real inputs (a skip-heavy minority must not hide behind a median), else ``median_ms``."""
+        return self.input_mean_ms if self.input_mean_ms is not None else self.median_ms
 
     def __post_init__(self) -> None:
         if self.runs < 1 or self.rounds < 1:
@@ -158,6 +178,7 @@ def measure_latency(
     config: LatencyConfig | None = None,
     *,
     clock: Callable[[], float] = time.perf_counter,
+    record: list[float] | None = None,
 ) -> LatencyStats:
     """Time ``fn`` with the protocol in ``config`` (see the module docstring).
 
@@ -166,12 +187,13 @@ def measure_latency(
             (synchronise a GPU inside it).
         config: The protocol; defaults to ``LatencyConfig()``.
         clock: Seconds as a float; injectable so tests can drive the protocol deterministically.
+        record: If given, each timed run's duration (seconds, in order) is appended to it.
 
     Returns:
         The statistics of the timed runs, with ``stable`` telling whether the median settled.
     """
     config = config or LatencyConfig()
-    times: list[float] = []
+    times: list[float] = record if record is not None else []
     rounds = 0
     stable = False
     gc.collect()
@@ -239,6 +261,48 @@ def measure_compiled(
         sample.repeat(config.batch_size, *([1] * (sample.dim() - 1))).numpy(), dtype=np.float32
     )
     return measure_latency(lambda: compiled.run(batch), config)
+
+
+def measure_over_inputs(
+    compiled: Compiled, inputs: torch.Tensor, config: LatencyConfig | None = None
+) -> LatencyStats:
+    """Time ``compiled.run`` rotating over real inputs, for models whose cost depends on them.
+
+    Run ``i`` uses input ``i mod N`` (each repeated ``config.batch_size`` times), so every input
+    is timed about equally often under the same protocol; the result adds each input's median
+    summarised over the inputs (mean, median, p90). Speedups use the mean (``expected_ms``).
+    """
+    config = config or LatencyConfig()
+    samples = inputs.detach().cpu().float()
+    if samples.shape[0] < 1:
+        raise ValueError("measure_over_inputs needs at least one input")
+    batches = [
+        np.ascontiguousarray(
+            s.unsqueeze(0).repeat(config.batch_size, *([1] * s.dim())).numpy(), dtype=np.float32
+        )
+        for s in samples
+    ]
+    order: list[int] = []
+
+    def run() -> None:
+        i = len(order) % len(batches)
+        order.append(i)
+        compiled.run(batches[i])
+
+    times: list[float] = []
+    stats = measure_latency(run, config, record=times)
+    warm = len(order) - len(times)
+    per_input: dict[int, list[float]] = {}
+    for index, t in zip(order[warm:], times, strict=True):
+        per_input.setdefault(index, []).append(t * 1e3)
+    medians = np.array([float(np.median(v)) for v in per_input.values()])
+    return replace(
+        stats,
+        inputs=len(per_input),
+        input_mean_ms=float(medians.mean()),
+        input_median_ms=float(np.median(medians)),
+        input_p90_ms=float(np.percentile(medians, 90)),
+    )
 
 
 def cpu_model() -> str | None:

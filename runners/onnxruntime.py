@@ -34,11 +34,13 @@ from torch import nn
 from runners.base import (
     Candidate,
     RuntimeUnavailableError,
+    UnsupportedPrecisionError,
     check_precisions,
     covered_by,
     module_of_onnx_node,
 )
 from runners.latency import cpu_model
+from search_spaces.dynamic import DynamicSkipModel
 
 if TYPE_CHECKING:
     import onnx
@@ -226,8 +228,10 @@ def build_onnx(
     check_precisions(candidate.precisions, supported, runtime)
     check_calibration(candidate)
     workdir = Path(workdir)
-    path = export_onnx(candidate.model, candidate.example_input, workdir / "model.onnx")
     precisions = candidate.precisions
+    if candidate.input_dependent:
+        return OnnxArtifact(_export_gated(candidate, workdir / "model.onnx"))
+    path = export_onnx(candidate.model, candidate.example_input, workdir / "model.onnx")
     if not any(p != "fp32" for p in precisions.values()):
         return OnnxArtifact(path)
 
@@ -244,6 +248,28 @@ def build_onnx(
     if "fp16" in precisions.values():
         path, fp16_nodes = _convert_fp16(path, workdir / "model.fp16.onnx", precisions)
     return OnnxArtifact(path, int8_nodes, fp16_nodes)
+
+
+def _export_gated(candidate: Candidate, path: Path) -> Path:
+    from runners.onnx_gated import export_gated_onnx
+
+    lowered = sorted(m for m, p in candidate.precisions.items() if p != "fp32")
+    if lowered:
+        raise UnsupportedPrecisionError(
+            f"a dynamic-skip model runs fp32 only, but {', '.join(lowered)} asked for "
+            f"{sorted(set(candidate.precisions.values()) - {'fp32'})}: per-unit precision reads "
+            f"TorchScript node names, and the If-node export comes from the dynamo exporter"
+        )
+    model = candidate.model
+    assert isinstance(model, DynamicSkipModel)
+    return export_gated_onnx(
+        model,
+        candidate.example_input,
+        path,
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        opset=OPSET,
+    )
 
 
 def quantize_onnx(

@@ -89,6 +89,7 @@ def apply_plan(
             if config is None or _inside_skipped(unit.name, plan, handler.order):
                 continue
             handler.apply(ctx, unit, config)
+        handler.finalize(ctx)
     ctx.model.eval()
     return ctx.model, dict(ctx.precisions)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from search_spaces.actions import ACTIONS, get_action
+from search_spaces.actions import default_actions, get_action
 from search_spaces.strategy import Strategy
 from search_spaces.units import Unit, UnitTable
 
@@ -47,7 +47,8 @@ class DecisionSpace:
 
     Args:
         units: The model's decision units.
-        actions: Action names to search (default: every registered action).
+        actions: Action names to search (default: the registered actions searched by default;
+            ``dynamic_skip`` is opt-in).
         precisions: Precisions the runtime runs (default: the precision action's choices); the
             search offers only these.
     """
@@ -58,7 +59,7 @@ class DecisionSpace:
         actions: Sequence[str] | None = None,
         precisions: Collection[str] | None = None,
     ) -> None:
-        names = sorted(actions if actions is not None else ACTIONS)
+        names = sorted(actions if actions is not None else default_actions())
         for name in names:
             get_action(name)  # unknown names fail here, listing the known ones
         self.units = units
@@ -130,7 +131,9 @@ class DecisionSpace:
         """The strategy of one choice per step (legalised; units in skipped blocks dropped).
 
         Equal models give equal strategies, so the cache never measures one model twice under
-        two spellings.
+        two spellings. One rule spans units: a strategy that gates any block dynamically runs
+        fp32 everywhere (its ONNX comes from the dynamo exporter, whose node names the per-unit
+        precision mapping cannot read yet), so ``precision`` choices are dropped then.
         """
         if len(choices) != len(self.steps):
             raise ValueError(f"need one choice per step ({len(self.steps)}), got {len(choices)}")
@@ -149,6 +152,12 @@ class DecisionSpace:
                 acts = {"skip": True}
             if acts:
                 units[self.steps[i].unit.name] = acts
+        if any(acts.get("dynamic_skip") for acts in units.values()):
+            units = {
+                name: rest
+                for name, acts in units.items()
+                if (rest := {a: v for a, v in acts.items() if a != "precision"})
+            }
         return Strategy(units)
 
     def from_strategy(self, strategy: Strategy) -> list[np.ndarray]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from search_spaces.actions.base import ActionHandler, BuildContext
+from search_spaces.actions.dynamic_skip import DynamicSkipHandler
 from search_spaces.actions.lowrank import LowRankHandler
 from search_spaces.actions.prune import PruneHandler
 from search_spaces.actions.quantize import PrecisionHandler
@@ -23,7 +24,13 @@ def register(handler: ActionHandler) -> ActionHandler:
     return handler
 
 
-for _handler in (PruneHandler(), LowRankHandler(), SkipHandler(), PrecisionHandler()):
+for _handler in (
+    PruneHandler(),
+    LowRankHandler(),
+    SkipHandler(),
+    DynamicSkipHandler(),
+    PrecisionHandler(),
+):
     register(_handler)
 
 
@@ -37,9 +44,22 @@ def get_action(name: str) -> ActionHandler:
         ) from None
 
 
+def default_actions() -> list[str]:
+    """The actions a search offers when the user does not list them (sorted)."""
+    return sorted(name for name, h in ACTIONS.items() if h.searched_by_default)
+
+
 def annotate(unit: Unit) -> Unit:
     """``unit`` with ``allowed`` filled in: action -> ``None`` or the reason it is masked."""
     return replace(unit, allowed={name: h.why_not(unit) for name, h in sorted(ACTIONS.items())})
 
 
-__all__ = ["ACTIONS", "ActionHandler", "BuildContext", "annotate", "get_action", "register"]
+__all__ = [
+    "ACTIONS",
+    "ActionHandler",
+    "BuildContext",
+    "annotate",
+    "default_actions",
+    "get_action",
+    "register",
+]

@@ -28,6 +28,8 @@ class BuildContext:
     """Batch-1 input for tracing."""
     precisions: dict[str, str] = field(default_factory=dict)
     """Module path -> non-fp32 precision, collected by the quantize action for the runtime."""
+    gated: list[tuple[str, nn.Module, float]] = field(default_factory=list)
+    """(module path, block, price α) of each block the dynamic-skip action gates, in order."""
     _graph: Any = None
 
     def dependency_graph(self) -> Any:
@@ -56,6 +58,8 @@ class ActionHandler(ABC):
     """JSON values offered to search agents, the identity first."""
     identity: ClassVar[Any]
     """The JSON value that means "leave the unit as it is"."""
+    searched_by_default: ClassVar[bool] = True
+    """Whether a search offers this action when the user does not list the actions."""
 
     @abstractmethod
     def parse(self, value: Any) -> Any:
@@ -68,6 +72,9 @@ class ActionHandler(ABC):
     @abstractmethod
     def apply(self, ctx: BuildContext, unit: Unit, config: Any) -> None:
         """Transform ``ctx.model`` in place for ``unit``."""
+
+    def finalize(self, ctx: BuildContext) -> None:  # noqa: B027 - optional hook
+        """Called once after :meth:`apply` ran on every unit (whole-model wrapping)."""
 
     def is_identity(self, config: Any) -> bool:
         """Whether ``config`` leaves the unit unchanged."""

@@ -46,6 +46,12 @@ def test_target_speedup_flag_selects_target_mode() -> None:
     assert cfg.reward.mode == "target" and cfg.reward.target_speedup == 4.0
 
 
+def test_actions_flag_opts_into_dynamic_skip() -> None:
+    assert parse().actions is None
+    cfg = parse("--actions", "skip, dynamic_skip")
+    assert cfg.actions == ("skip", "dynamic_skip")
+
+
 def test_address_implies_ray_executor() -> None:
     assert parse("--address", "10.0.0.1:6379").executor == "ray"
 
@@ -59,6 +65,7 @@ def test_address_implies_ray_executor() -> None:
         ("[reward]\nmode = 'target'\n", "target speedup"),
         ("[ppo]\nlr = -1.0\n", r"\[ppo\]"),
         ("budget = \n", "not valid"),
+        ('actions = ["prune", "teleport"]\n', r"actions: unknown \['teleport'\]"),
     ],
 )
 def test_bad_config_file_names_what_is_wrong(tmp_path: Path, text: str, match: str) -> None:
@@ -73,6 +80,6 @@ def test_config_round_trips_through_json() -> None:
 
     from agent.config import config_from_dict
 
-    cfg = SearchConfig(budget=9, agent="uniform")
+    cfg = SearchConfig(budget=9, agent="uniform", actions=("prune", "dynamic_skip"))
     again = config_from_dict(json.loads(cfg.to_json()))
     assert again == cfg

@@ -96,6 +96,12 @@ def test_action_reduces_what_it_promises(case):
     if action == "precision":
         assert precisions and set(precisions.values()) == {"int8"}
         assert count_params(built) == count_params(model)
+    elif action == "dynamic_skip":
+        # an untrained controller runs every block; closed gates remove their compute
+        with built.forced(False):
+            assert count_flops(built, x) < count_flops(model, x)
+        with torch.no_grad():
+            torch.testing.assert_close(built(x), model(x), atol=1e-5, rtol=1e-5)
     else:
         assert count_params(built) < count_params(model)
         assert count_flops(built, x) < count_flops(model, x)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from envs.workloads import get_workload, list_workloads
-from runners.build import Subject, build_candidate
+from runners.build import BuildConfig, Subject, build_candidate
+from runners.gate_training import GateTrainConfig
 from runners.metrics import count_flops, count_params
 from runners.onnxruntime import OnnxRuntimeCPU
 from search_spaces import ACTIONS, Strategy
@@ -40,7 +41,9 @@ def test_every_action_builds_exports_and_runs_on_the_workload(subject, action, t
     strategy = Strategy.from_dict({"*": {action: value}})
     x = subject.workload.eval.inputs[:8]
 
-    candidate = build_candidate(subject, strategy)
+    # a dynamic-skip build trains its controller: a few steps are enough for the contract
+    config = BuildConfig(gates=GateTrainConfig(warm_inputs=32, warm_epochs=2, reinforce_steps=2))
+    candidate = build_candidate(subject, strategy, config)
     out = OnnxRuntimeCPU().compile(candidate, tmp_path).run(x.numpy())
 
     with torch.no_grad():
@@ -48,6 +51,11 @@ def test_every_action_builds_exports_and_runs_on_the_workload(subject, action, t
     assert out.shape == ref.shape and np.isfinite(out).all()
     if action == "precision":
         assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.75
+    elif action == "dynamic_skip":
+        np.testing.assert_allclose(out, ref, atol=1e-3, rtol=1e-3)
+        ex = subject.workload.example_input
+        with candidate.model.forced(False):
+            assert count_flops(candidate.model, ex) < count_flops(subject.model, ex)
     else:
         np.testing.assert_allclose(out, ref, atol=1e-3, rtol=1e-3)
         ex = subject.workload.example_input

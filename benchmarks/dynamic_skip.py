@@ -1,0 +1,161 @@
+"""Dynamic skip (LSTM controller) vs the best static skip, measured on ONNX Runtime CPU.
+
+Usage:
+    python benchmarks/dynamic_skip.py [--workloads digits-resnet mnist1d-transformer]
+                                      [--alphas 0.5 1 2 4 8] [--out FILE]
+
+Per workload, every skippable block is gated by one controller (``dynamic_skip`` = α on each),
+trained as a candidate build trains it (straight-through warm start, then REINFORCE; backbone
+frozen), exported with ONNX ``If`` nodes and measured at batch 1, 1 thread, rotating over 64 eval
+inputs. The comparison is the **best static skip** of each number of blocks: every subset when
+there are at most 256, else greedy, each with BatchNorm re-estimation, chosen by *eval* accuracy
+(an optimistic static baseline: it is picked on the data it is scored on). Dynamic accuracy is
+compared with the static accuracy at the same mean executed-block count (linear between the two
+neighbouring counts). Latencies: "ungated" is the unchanged model; the gated model's figure is the
+mean over inputs of each input's median (controller and ``If`` overhead included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from envs.workloads import get_workload
+from runners.build import Subject, build_candidate
+from runners.evaluate import EvalConfig, Measurement, measure
+from search_spaces import Strategy
+
+EXHAUSTIVE_LIMIT = 256
+
+
+def _accuracy(subject: Subject, model: torch.nn.Module) -> float:
+    split = subject.workload.eval
+    with torch.no_grad():
+        out = torch.cat([model(x) for x, _ in split.batches(256)]).numpy()
+    return float(subject.workload.metric(out, split.targets.numpy()))
+
+
+def best_static(subject: Subject, blocks: list[str]) -> dict[int, tuple[float, tuple[str, ...]]]:
+    """Executed-block count -> (eval accuracy, skipped blocks) of the best static skip."""
+    best: dict[int, tuple[float, tuple[str, ...]]] = {}
+
+    def score(skipped: tuple[str, ...]) -> float:
+        cand = build_candidate(subject, Strategy({b: {"skip": True} for b in skipped}))
+        return _accuracy(subject, cand.model)
+
+    if 2 ** len(blocks) <= EXHAUSTIVE_LIMIT:
+        for k in range(len(blocks) + 1):
+            for skipped in itertools.combinations(blocks, k):
+                acc = score(skipped)
+                executed = len(blocks) - k
+                if executed not in best or acc > best[executed][0]:
+                    best[executed] = (acc, skipped)
+        return best
+    skipped: tuple[str, ...] = ()
+    best[len(blocks)] = (score(()), ())
+    while len(skipped) < len(blocks):
+        options = [(score((*skipped, b)), b) for b in blocks if b not in skipped]
+        acc, chosen = max(options)
+        skipped = (*skipped, chosen)
+        best[len(blocks) - len(skipped)] = (acc, skipped)
+    return best
+
+
+def _interp(static: dict[int, float], executed: float) -> float:
+    lo, hi = int(np.floor(executed)), int(np.ceil(executed))
+    if lo == hi:
+        return static[lo]
+    w = executed - lo
+    return (1 - w) * static[lo] + w * static[hi]
+
+
+def run_workload(name: str, alphas: list[float], lines: list[str]) -> None:
+    workload = get_workload(name)
+    subject = Subject.prepare(workload)
+    config = EvalConfig()
+    blocks = [u.name for u in subject.units if u.allows("dynamic_skip")]
+    print(f"{name}: {len(blocks)} skippable blocks", flush=True)
+
+    start = time.perf_counter()
+    static = best_static(subject, blocks)
+    static_s = time.perf_counter() - start
+    base = measure(subject, Strategy(), config)
+    static_latency: dict[int, Measurement] = {}
+    for executed, (_, skipped) in sorted(static.items()):
+        if 0 < executed < len(blocks):
+            static_latency[executed] = measure(
+                subject, Strategy({b: {"skip": True} for b in skipped}), config
+            )
+    base_ms = base.latency.expected_ms
+
+    lines.append(f"## {name} — {len(blocks)} gated blocks\n")
+    lines.append(
+        f"Ungated: accuracy {100 * base.accuracy:.2f} %, latency {base_ms:.3f} ms (median, "
+        f"p90 {base.latency.p90_ms:.3f}). Best static skips: {static_s:.0f} s to search.\n"
+    )
+    lines.append(
+        "| controller α | executed blocks (mean) | accuracy % | best static % at same count | "
+        "margin (pts) | latency mean / median / p90 ms | vs ungated | train s |"
+    )
+    lines.append("|---:|---:|---:|---:|---:|---|---:|---:|")
+    static_acc = {k: v[0] for k, v in static.items()}
+    for alpha in alphas:
+        strategy = Strategy({b: {"dynamic_skip": alpha} for b in blocks})
+        m = measure(subject, strategy, config)
+        gates = m.info["dynamic"]
+        executed = float(gates["executed_blocks"])
+        ref = _interp(static_acc, executed)
+        lat = m.latency
+        lines.append(
+            f"| {alpha:g} | {executed:.2f} | {100 * m.accuracy:.2f} | {100 * ref:.2f} | "
+            f"{100 * (m.accuracy - ref):+.2f} | {lat.input_mean_ms:.3f} / "
+            f"{lat.input_median_ms:.3f} / {lat.input_p90_ms:.3f} | "
+            f"{lat.expected_ms / base_ms:.2f}x | {m.info['gate_training']['seconds']:.0f} |"
+        )
+        print(lines[-1], flush=True)
+    lines.append("")
+    lines.append("| blocks executed | best static skip | accuracy % | latency ms | vs ungated |")
+    lines.append("|---:|---|---:|---:|---:|")
+    for executed, (acc, skipped) in sorted(static.items(), reverse=True):
+        lat = static_latency.get(executed)
+        ms = lat.latency.median_ms if lat else (base_ms if executed == len(blocks) else math.nan)
+        lines.append(
+            f"| {executed} | {', '.join(skipped) or '–'} | {100 * acc:.2f} | {ms:.3f} | "
+            f"{ms / base_ms:.2f}x |"
+        )
+    lines.append("")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workloads", nargs="+", default=["digits-resnet", "mnist1d-transformer"])
+    parser.add_argument("--alphas", nargs="+", type=float, default=[0.5, 1.0, 2.0, 4.0, 8.0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dynamic_skip.md"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    lines = [
+        "# Dynamic skip vs static skip (ONNX Runtime CPU, batch 1, 1 thread)\n",
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+        f"{torch.__version__}. Command: `python benchmarks/dynamic_skip.py "
+        f"--workloads {' '.join(args.workloads)} --alphas {' '.join(map(str, args.alphas))}`\n",
+    ]
+    for name in args.workloads:
+        run_workload(name, args.alphas, lines)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

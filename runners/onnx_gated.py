@@ -1,0 +1,77 @@
+"""ONNX export of a dynamic-skip model: each gate an ONNX ``If``, so skipped blocks do not run.
+
+The TorchScript exporter (:func:`runners.onnxruntime.export_onnx`) cannot express control flow;
+the dynamo exporter turns the gated blocks' ``torch.cond`` into ``If`` nodes, and ONNX Runtime
+executes only the taken branch. The exported graph has two outputs: the model's output and
+``gates`` (``[batch, K]``, 1 = block executed), so a deployment can log what ran.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+
+from search_spaces.dynamic import DynamicSkipModel
+
+GATES_NAME = "gates"
+"""Name of the decisions output."""
+
+
+def export_gated_onnx(
+    model: DynamicSkipModel,
+    example_input: torch.Tensor,
+    path: Path,
+    *,
+    input_name: str,
+    output_name: str,
+    opset: int,
+) -> Path:
+    """Export ``model`` with a dynamic batch axis through the dynamo exporter.
+
+    Args:
+        model: An eval-mode gated model on CPU.
+        example_input: A batch-1 input.
+        path: Where to write the ``.onnx`` (parents are created; weights are embedded).
+        input_name: Name of the graph input.
+        output_name: Name of the model's output (``gates`` is the second output).
+        opset: ONNX opset.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    batch = torch.export.Dim("batch", min=1)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), torch.no_grad(), model.exporting():
+            warnings.simplefilter("ignore")
+            # A batch-1 example would specialise the batch axis to 1 (torch.export's 0/1
+            # rule). torch.export is called here, not by the ONNX exporter, because the
+            # exporter's fallback (draft export) then writes a graph with wrong decisions.
+            example = example_input.detach().cpu()[:1]
+            exported = torch.export.export(
+                model,
+                (example.repeat(2, *([1] * (example.dim() - 1))),),
+                dynamic_shapes=({0: batch},),
+                strict=False,
+            )
+            program = torch.onnx.export(
+                exported,
+                dynamo=True,
+                opset_version=max(opset, 18),
+                input_names=[input_name],
+                output_names=[output_name, GATES_NAME],
+                verbose=False,
+                external_data=False,
+            )
+        assert program is not None
+        program.save(str(path), external_data=False)
+    finally:
+        quiet.setLevel(level)
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    return path
