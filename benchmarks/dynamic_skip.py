@@ -101,7 +101,7 @@ def run_workload(name: str, alphas: list[float], lines: list[str]) -> None:
 
     lines.append(f"## {name} — {len(blocks)} gated blocks\n")
     lines.append(
-        f"Ungated: accuracy {100 * base.accuracy:.2f} %, latency {base_ms:.3f} ms (median, "
+        f"Ungated: accuracy {base.accuracy:.2f} %, latency {base_ms:.3f} ms (median, "
         f"p90 {base.latency.p90_ms:.3f}). Best static skips: {static_s:.0f} s to search.\n"
     )
     lines.append(
@@ -118,8 +118,8 @@ def run_workload(name: str, alphas: list[float], lines: list[str]) -> None:
         ref = _interp(static_acc, executed)
         lat = m.latency
         lines.append(
-            f"| {alpha:g} | {executed:.2f} | {100 * m.accuracy:.2f} | {100 * ref:.2f} | "
-            f"{100 * (m.accuracy - ref):+.2f} | {lat.input_mean_ms:.3f} / "
+            f"| {alpha:g} | {executed:.2f} | {m.accuracy:.2f} | {ref:.2f} | "
+            f"{m.accuracy - ref:+.2f} | {lat.input_mean_ms:.3f} / "
             f"{lat.input_median_ms:.3f} / {lat.input_p90_ms:.3f} | "
             f"{lat.expected_ms / base_ms:.2f}x | {m.info['gate_training']['seconds']:.0f} |"
         )
@@ -131,7 +131,7 @@ def run_workload(name: str, alphas: list[float], lines: list[str]) -> None:
         lat = static_latency.get(executed)
         ms = lat.latency.median_ms if lat else (base_ms if executed == len(blocks) else math.nan)
         lines.append(
-            f"| {executed} | {', '.join(skipped) or '–'} | {100 * acc:.2f} | {ms:.3f} | "
+            f"| {executed} | {', '.join(skipped) or '–'} | {acc:.2f} | {ms:.3f} | "
             f"{ms / base_ms:.2f}x |"
         )
     lines.append("")

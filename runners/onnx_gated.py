@@ -4,6 +4,12 @@ The TorchScript exporter (:func:`runners.onnxruntime.export_onnx`) cannot expres
 the dynamo exporter turns the gated blocks' ``torch.cond`` into ``If`` nodes, and ONNX Runtime
 executes only the taken branch. The exported graph has two outputs: the model's output and
 ``gates`` (``[batch, K]``, 1 = block executed), so a deployment can log what ran.
+
+The exporter leaves every weight an initializer of the main graph, read by the ``If`` branches
+from the outer scope. ONNX Runtime's NCHWc layout optimisation only rewrites convolutions whose
+weights are constants *of their own graph*, so the gated blocks would run the plain NCHW kernels:
+seven gated digits blocks ran 3.65 ms all-open against 1.80 ms ungated. Moving each weight that
+only one branch reads into that branch (:func:`_localize_branch_weights`) gives 1.87 ms.
 """
 
 from __future__ import annotations
@@ -71,7 +77,47 @@ def export_gated_onnx(
             )
         assert program is not None
         program.save(str(path), external_data=False)
+        _localize_branch_weights(path)
     finally:
         quiet.setLevel(level)
         torch.backends.mha.set_fastpath_enabled(fastpath)
     return path
+
+
+def _graph_inputs_used(graph: object) -> set[str]:
+    """Every value name read by a node of ``graph`` or of its nested subgraphs."""
+    import onnx
+
+    names: set[str] = set()
+    for node in graph.node:  # type: ignore[attr-defined]
+        names.update(node.input)
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                names |= _graph_inputs_used(attr.g)
+            for sub in attr.graphs:
+                names |= _graph_inputs_used(sub)
+    return names
+
+
+def _localize_branch_weights(path: Path) -> int:
+    """Move initializers read by exactly one ``If`` branch (and nothing else) into that branch."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    main_reads = {name for node in graph.node for name in node.input}
+    readers: dict[str, list[object]] = {}
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                for name in _graph_inputs_used(attr.g) & initializers.keys():
+                    readers.setdefault(name, []).append(attr.g)
+    movable = {n for n, graphs in readers.items() if len(graphs) == 1 and n not in main_reads}
+    for name in sorted(movable):
+        readers[name][0].initializer.append(initializers[name])  # type: ignore[attr-defined]
+    kept = [t for t in graph.initializer if t.name not in movable]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    onnx.save(model, str(path))
+    return len(movable)
