@@ -2,12 +2,13 @@
 
 Per input the objective (a reward to maximise) is
 
-    r = −T²·KL(full model ‖ gated model at temperature T)  −  Σ_k α_k · g_k / K
+    r = −(5·[prediction changed] + T²·KL(full model ‖ gated model at T))  −  Σ_k α_k · g_k / K
 
 where ``g_k`` is 1 if gated block ``k`` ran, ``α_k`` its price and ``K`` the number of gated
-blocks. The first term is a smooth correctness: agreement with the ungated model's output
-distribution. On a backbone that is 100 % right on its training split, 0/1 correctness says
-nothing about which skips hurt; the softened KL does, per input. With every α equal, executing
+blocks. The first term is correctness against the ungated model's prediction (on a backbone that
+is 100 % right on its training split, agreement with the labels says nothing about which skips
+hurt) plus the KL as a smooth tie-breaker: among skips that keep the prediction, prefer those
+that move the output least. With every α equal, executing
 everything costs α, so α is "how much output fidelity one full execution is worth".
 
 Two phases, an imitation warm start then policy gradient (in the spirit of SkipNet's hybrid
@@ -41,7 +42,11 @@ import torch.nn.functional as F
 from search_spaces.dynamic import DynamicSkipModel
 
 FIDELITY_FLOOR = 5.0
-"""Per-input fidelity losses above this are clipped: one hopeless input should not dominate."""
+"""Per-input KL above this is clipped: one hopeless input should not dominate."""
+FLIP_COST = 5.0
+"""Cost of changing an input's predicted class: the correctness term. It exceeds the price of
+skipping any one block at the α values searched, so the oracle never trades a flip for a skip
+(the KL alone tolerated flips on a few inputs and lost accuracy that static skips keep)."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,8 @@ class GateTrainStats:
 
 
 def fidelity(logits: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Per-input ``T²·KL(softmax(teacher/T) ‖ softmax(logits/T))``, clipped at the floor."""
+    """Per-input loss of agreement with the ungated model: ``FLIP_COST`` if the predicted class
+    changes, plus ``T²·KL(softmax(teacher/T) ‖ softmax(logits/T))`` clipped at the floor."""
     t = temperature
     kl = F.kl_div(
         F.log_softmax(logits / t, 1),
@@ -109,7 +115,8 @@ def fidelity(logits: torch.Tensor, teacher: torch.Tensor, temperature: float) ->
         reduction="none",
         log_target=True,
     ).sum(1)
-    return (t * t * kl).clamp(max=FIDELITY_FLOOR)
+    flipped = (logits.argmax(1) != teacher.argmax(1)).to(kl.dtype)
+    return (t * t * kl).clamp(max=FIDELITY_FLOOR) + FLIP_COST * flipped
 
 
 def train_controller(
@@ -227,10 +234,12 @@ def _warm_start(
         for i in range(0, n, 64):
             idx = order[i : i + 64]
             state = controller.initial_state(len(idx), features[0])
+            previous = torch.ones(len(idx))
             logits = []
             for k, f in enumerate(features):
-                logit, state = controller.step(k, f[idx], state)
+                logit, state = controller.step(k, f[idx], state, previous)
                 logits.append(logit)
+                previous = labels[idx, k]  # teacher forcing: the oracle's own path
             loss = F.binary_cross_entropy_with_logits(
                 torch.stack(logits, 1), labels[idx], pos_weight=torch.tensor(config.run_weight)
             )

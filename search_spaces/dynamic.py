@@ -36,9 +36,10 @@ block, while training still explores skipping (Adam moves a logit by about lr pe
 class SkipController(nn.Module):
     """SkipNet-style recurrent gate shared by all gated blocks.
 
-    Before gated block ``k`` it reads the block input's pooled features through a per-block
-    projection ``C_k -> hidden``, steps one shared ``LSTMCell``, and maps the hidden state to the
-    probability of executing the block (a shared head plus a per-block bias).
+    Before gated block ``k`` it reads a summary of the block input (per-channel mean and
+    standard deviation) through a per-block projection ``2·C_k -> hidden``, steps one shared
+    ``LSTMCell`` (whose input also carries the previous gate's decision), and maps the hidden
+    state to the probability of executing the block (a shared head plus a per-block bias).
 
     Args:
         channels: Feature width of each gated block's input, in execution order.
@@ -50,8 +51,8 @@ class SkipController(nn.Module):
         if not channels:
             raise ValueError("SkipController needs at least one gated block")
         self.hidden = hidden
-        self.proj = nn.ModuleList(nn.Linear(c, hidden) for c in channels)
-        self.cell = nn.LSTMCell(hidden, hidden)
+        self.proj = nn.ModuleList(nn.Linear(2 * c, hidden) for c in channels)
+        self.cell = nn.LSTMCell(hidden + 1, hidden)
         self.head = nn.Linear(hidden, 1)
         self.bias = nn.Parameter(torch.full((len(channels),), OPEN_BIAS))
         nn.init.zeros_(self.head.weight)
@@ -66,10 +67,22 @@ class SkipController(nn.Module):
         return zeros, zeros
 
     def step(
-        self, index: int, pooled: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+        self,
+        index: int,
+        pooled: torch.Tensor,
+        state: tuple[torch.Tensor, torch.Tensor],
+        previous: torch.Tensor,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """Gate logits ``[B]`` for block ``index`` and the next recurrent state."""
-        h, c = self.cell(torch.relu(self.proj[index](pooled)), state)
+        """Gate logits ``[B]`` for block ``index`` and the next recurrent state.
+
+        Args:
+            index: The gate.
+            pooled: ``[B, 2·C_index]`` summary of the block's input.
+            state: The LSTM state after the previous gate.
+            previous: ``[B]`` decision of the previous gate (1 for the first gate).
+        """
+        features = torch.cat([torch.relu(self.proj[index](pooled)), previous.unsqueeze(-1)], -1)
+        h, c = self.cell(features, state)
         return self.head(h).squeeze(-1) + self.bias[index], (h, c)
 
 
@@ -119,9 +132,11 @@ class GatedBlock(nn.Module):
         object.__setattr__(self, "_state", state)
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            return x.mean(dim=tuple(range(1, x.dim() - 1)))
-        return x.mean(dim=tuple(range(2, x.dim())))
+        """Per-channel mean and standard deviation over every non-channel axis: ``[B, 2C]``."""
+        dims = tuple(range(1, x.dim() - 1)) if self.channels_last else tuple(range(2, x.dim()))
+        mean = x.mean(dim=dims)
+        std = (x.square().mean(dim=dims) - mean.square()).clamp(min=0).sqrt()
+        return torch.cat([mean, std], dim=-1)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         state: GateState = self._state  # type: ignore[assignment]
@@ -152,7 +167,8 @@ class GatedBlock(nn.Module):
             state.recurrent = controller.initial_state(x.shape[0], x)
         pooled = self.pooled(x)
         state.pooled.append(pooled)
-        logits, state.recurrent = controller.step(self.index, pooled, state.recurrent)
+        previous = state.gates[-1].detach() if state.gates else torch.ones_like(pooled[:, 0])
+        logits, state.recurrent = controller.step(self.index, pooled, state.recurrent, previous)
         prob = torch.sigmoid(logits)
         if state.decisions is not None:
             gate = state.decisions[:, self.index].to(prob.dtype)

@@ -30,12 +30,12 @@ def _gated(alpha: float):
     return built, inputs
 
 
-def test_fidelity_is_zero_for_equal_outputs_and_clipped():
+def test_fidelity_is_zero_when_equal_and_adds_the_flip_cost_to_a_clipped_kl():
     logits = torch.randn(4, 10)
     far = -100 * torch.nn.functional.one_hot(logits.argmax(1), 10).float()
 
     assert torch.allclose(fidelity(logits, logits, 1.0), torch.zeros(4), atol=1e-6)
-    assert torch.all(fidelity(far, logits, 1.0) == 5.0)
+    assert torch.all(fidelity(far, logits, 1.0) == 5.0 + 5.0)  # KL clipped, plus the flip
 
 
 def test_oracle_runs_everything_when_blocks_are_free_and_nothing_when_priceless():

@@ -40,10 +40,10 @@ def _mix_gates(built: DynamicSkipModel, batch: torch.Tensor) -> None:
 
 def test_controller_gives_one_probability_per_input_and_is_deterministic():
     controller = SkipController([8, 16], hidden=4)
-    pooled = torch.randn(5, 8)
+    pooled, previous = torch.randn(5, 2 * 8), torch.ones(5)  # mean and std of 8 channels
 
-    logits, (h, c) = controller.step(0, pooled, controller.initial_state(5, pooled))
-    again, _ = controller.step(0, pooled, controller.initial_state(5, pooled))
+    logits, (h, c) = controller.step(0, pooled, controller.initial_state(5, pooled), previous)
+    again, _ = controller.step(0, pooled, controller.initial_state(5, pooled), previous)
 
     assert logits.shape == (5,) and h.shape == c.shape == (5, 4)
     torch.testing.assert_close(logits, again, atol=0, rtol=0)
