@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from search_spaces.actions.base import ActionHandler, BuildContext
+from search_spaces.actions.skip import Skipped, block_reason
 from search_spaces.errors import InvalidActionValueError
 from search_spaces.units import RESIDUAL_TYPES, Unit
 
@@ -43,7 +44,7 @@ class DynamicSkipConfig:
 class DynamicSkipHandler(ActionHandler):
     name = "dynamic_skip"
     order = 35  # after skip (a skipped block is not gated), before precision
-    choices = (0.0, 1.0, 4.0)
+    choices = (0.0, 2.0, 4.0)  # where the controller keeps accuracy on the built-ins (benchmark)
     identity = 0.0
     searched_by_default = False
 
@@ -53,13 +54,9 @@ class DynamicSkipHandler(ActionHandler):
         return DynamicSkipConfig(value)
 
     def why_not(self, unit: Unit) -> str | None:
-        if unit.kind != "block":
-            return f"a {unit.kind} layer, not a residual block"
-        return unit.skip_reason
+        return block_reason(unit)
 
     def apply(self, ctx: BuildContext, unit: Unit, config: DynamicSkipConfig) -> None:
-        from search_spaces.actions.skip import Skipped
-
         module = ctx.model.get_submodule(unit.name)
         if isinstance(module, Skipped):
             return  # statically skipped: nothing left to gate

@@ -14,6 +14,14 @@ from search_spaces.errors import InvalidActionValueError
 from search_spaces.units import Unit
 
 
+def block_reason(unit: Unit) -> str | None:
+    """Why ``unit`` is not a block that can be removed (``None``: it can); ``dynamic_skip``
+    gates the same blocks."""
+    if unit.kind != "block":
+        return f"a {unit.kind} layer, not a residual block"
+    return unit.skip_reason
+
+
 class Skipped(nn.Module):
     """Identity that accepts (and ignores) the extra arguments a block's caller may pass."""
 
@@ -43,9 +51,7 @@ class SkipHandler(ActionHandler):
         return SkipConfig(value)
 
     def why_not(self, unit: Unit) -> str | None:
-        if unit.kind != "block":
-            return f"a {unit.kind} layer, not a residual block"
-        return unit.skip_reason
+        return block_reason(unit)
 
     def apply(self, ctx: BuildContext, unit: Unit, config: SkipConfig) -> None:
         replace_module(ctx.model, unit.name, Skipped())
