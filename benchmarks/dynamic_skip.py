@@ -130,10 +130,8 @@ def run_workload(name: str, alphas: list[float], lines: list[str]) -> None:
     for executed, (acc, skipped) in sorted(static.items(), reverse=True):
         lat = static_latency.get(executed)
         ms = lat.latency.median_ms if lat else (base_ms if executed == len(blocks) else math.nan)
-        lines.append(
-            f"| {executed} | {', '.join(skipped) or '–'} | {acc:.2f} | {ms:.3f} | "
-            f"{ms / base_ms:.2f}x |"
-        )
+        timing = "not measured | –" if math.isnan(ms) else f"{ms:.3f} | {ms / base_ms:.2f}x"
+        lines.append(f"| {executed} | {', '.join(skipped) or '–'} | {acc:.2f} | {timing} |")
     lines.append("")
 
 
