@@ -140,7 +140,7 @@ def test_dynamic_skip_is_opt_in_and_drops_precision_from_a_strategy():
     strategy = space.to_strategy(choices)
 
     assert "dynamic_skip" not in default.action_names
-    assert strategy.units == {space.steps[blocks[0]].unit.name: {"dynamic_skip": 1.0}}
+    assert strategy.units == {space.steps[blocks[0]].unit.name: {"dynamic_skip": 2.0}}
 
 
 def test_dynamic_skip_with_int8_fails_with_a_clear_error(tmp_path):
