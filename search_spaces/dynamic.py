@@ -21,7 +21,7 @@ for REINFORCE (:mod:`runners.gate_training`).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +97,7 @@ class GateState:
     log_probs: list[torch.Tensor] = field(default_factory=list)
     """Training only: log-probability of each sampled decision (for REINFORCE)."""
     probs: list[torch.Tensor] = field(default_factory=list)
+    """P(run) of each gate in the last forward."""
     force: bool | None = None
     """``True``/``False`` forces every gate open/closed (tests, static comparisons)."""
     decisions: torch.Tensor | None = None
@@ -107,10 +108,6 @@ class GateState:
     """Use ``torch.cond`` (ONNX ``If``) instead of Python branching."""
     sample: bool = False
     """Sample gates from their probabilities instead of thresholding at 0.5."""
-    relaxed: float = 0.0
-    """> 0: straight-through Gumbel-sigmoid gates at this temperature (hard 0/1 forward,
-    sigmoid gradient backward); every block is computed and mixed, so gradients reach the
-    controller through the backbone."""
 
 
 class GatedBlock(nn.Module):
@@ -147,9 +144,6 @@ class GatedBlock(nn.Module):
 
         if state.exporting:
             return _cond_block(run, x, gate)
-        if state.relaxed:
-            mask = gate.view(-1, *([1] * (x.dim() - 1)))
-            return mask * run(x) + (1 - mask) * x
         # Training needs no gradient through the backbone, so it gathers too: a skipped block
         # costs nothing in controller training either.
         open_ = gate.bool()
@@ -174,10 +168,6 @@ class GatedBlock(nn.Module):
             gate = state.decisions[:, self.index].to(prob.dtype)
         elif state.force is not None:
             gate = torch.full_like(prob, float(state.force))
-        elif state.relaxed:
-            u = torch.rand_like(prob).clamp(1e-6, 1 - 1e-6)
-            soft = torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / state.relaxed)
-            gate = (soft > 0.5).to(soft.dtype) + soft - soft.detach()
         elif state.sample:
             gate = torch.bernoulli(prob.detach())
             log_prob = gate * torch.log(prob + 1e-6) + (1 - gate) * torch.log(1 - prob + 1e-6)
@@ -256,49 +246,39 @@ class DynamicSkipModel(nn.Module):
         return torch.stack(self.state.gates, dim=1)
 
     @contextmanager
-    def forced(self, open_: bool | None) -> Iterator[None]:
-        """Force every gate open (``True``) or closed (``False``) inside the block."""
-        previous, self.state.force = self.state.force, open_
+    def _override(self, **values: Any) -> Iterator[None]:
+        """Set ``GateState`` fields inside the block, restoring them after."""
+        state = self.state
+        previous = {name: getattr(state, name) for name in values}
+        for name, value in values.items():
+            setattr(state, name, value)
         try:
             yield
         finally:
-            self.state.force = previous
+            for name, value in previous.items():
+                setattr(state, name, value)
 
-    @contextmanager
-    def deciding(self, decisions: torch.Tensor) -> Iterator[None]:
+    def forced(self, open_: bool | None) -> AbstractContextManager[None]:
+        """Force every gate open (``True``) or closed (``False``) inside the block."""
+        return self._override(force=open_)
+
+    def deciding(self, decisions: torch.Tensor) -> AbstractContextManager[None]:
         """Run with these ``[B, K]`` per-input decisions instead of the controller's."""
-        previous, self.state.decisions = self.state.decisions, decisions
-        try:
-            yield
-        finally:
-            self.state.decisions = previous
+        return self._override(decisions=decisions)
+
+    def sampling(self) -> AbstractContextManager[None]:
+        """Sample gates and record log-probabilities (controller training)."""
+        return self._override(sample=True)
 
     @contextmanager
     def exporting(self) -> Iterator[None]:
         """``torch.cond`` gates and a second ``gates`` output, for the ONNX exporter."""
-        self.state.exporting, self.return_gates = True, True
+        self.return_gates = True
         try:
-            yield
+            with self._override(exporting=True):
+                yield
         finally:
-            self.state.exporting, self.return_gates = False, False
-
-    @contextmanager
-    def relaxing(self, temperature: float) -> Iterator[None]:
-        """Straight-through Gumbel-sigmoid gates (the controller's gradient warm start)."""
-        self.state.relaxed = temperature
-        try:
-            yield
-        finally:
-            self.state.relaxed = 0.0
-
-    @contextmanager
-    def sampling(self) -> Iterator[None]:
-        """Sample gates and record log-probabilities (controller training)."""
-        self.state.sample = True
-        try:
-            yield
-        finally:
-            self.state.sample = False
+            self.return_gates = False
 
 
 def gate_blocks(
