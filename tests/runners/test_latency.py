@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
 
-from runners.latency import LatencyConfig, LatencyStats, measure_compiled, measure_latency
+from runners.latency import (
+    LatencyConfig,
+    LatencyStats,
+    measure_compiled,
+    measure_latency,
+    measure_over_inputs,
+)
 
 
 class FakeClock:
@@ -217,3 +225,29 @@ def test_warmup_lasts_at_least_warmup_seconds():
 
     assert stats.runs == 2
     assert len(calls) - stats.runs == 50  # warm-up ran until 50 ms had passed, not once
+
+
+def test_measure_over_inputs_summarises_each_input_separately():
+    """An input-dependent model: input 0 is instant, input 1 takes 5 ms. The per-input summary
+    sees both; the plain median of the mixed runs would hide one of them."""
+
+    @dataclass
+    class SlowOnOnes:
+        runtime: str = "fake"
+        size_bytes: int = 0
+
+        def run(self, inputs: np.ndarray) -> np.ndarray:
+            if inputs[0, 0] > 0.5:
+                time.sleep(0.005)
+            return inputs
+
+    config = LatencyConfig(
+        warmup=1, warmup_seconds=0, round_runs=6, min_round_seconds=0, min_rounds=2, max_rounds=3
+    )
+    stats = measure_over_inputs(SlowOnOnes(), torch.tensor([[0.0], [1.0]]), config)
+
+    assert stats.inputs == 2
+    assert stats.input_p90_ms is not None and stats.input_p90_ms > 4.0
+    assert stats.input_mean_ms is not None and 2.0 < stats.input_mean_ms < 4.5
+    assert stats.expected_ms == stats.input_mean_ms
+    assert stats.runs % 2 == 0  # rotated: each input timed equally often
