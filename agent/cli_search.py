@@ -36,6 +36,12 @@ def add_commands(sub: Any) -> None:
         help="comma-separated actions to search (default: prune,lowrank,precision,skip; "
         "add dynamic_skip for per-input gating, which trains a controller per candidate)",
     )
+    p.add_argument(
+        "--recovery",
+        choices=("none", "short"),
+        help="per-candidate accuracy recovery: none (BatchNorm re-estimation, default) or short "
+        "(plus a 40-step distillation fine-tune)",
+    )
     p.add_argument("--reward", choices=REWARD_MODES, help="reward mode (default tradeoff)")
     p.add_argument("--lam", type=float, help="tradeoff: accuracy points per doubling of speed")
     p.add_argument("--target-speedup", type=float, help="target mode: speedup to reach")
@@ -98,6 +104,7 @@ def search_config(args: argparse.Namespace) -> Any:
             if args.actions is None
             else tuple(a.strip() for a in args.actions.split(",") if a.strip()),
             reward=reward,
+            recovery=args.recovery,
             runtime=args.runtime,
             threads=args.threads,
             batch_size=args.batch_size,

@@ -13,6 +13,7 @@ from envs.reward import RewardConfig
 from runners.latency import LatencyConfig
 
 AGENTS = ("ppo", "random", "uniform", "tpe")
+SEARCH_RECOVERY = ("none", "short")
 
 
 class ConfigError(ValueError):
@@ -50,6 +51,10 @@ class SearchConfig:
     """Calibration batches (of 64) for BatchNorm re-estimation after structural changes. 8 is
     within ~0.3 points of 16 on the built-ins at half the build time (the search builds
     hundreds of candidates)."""
+    recovery: str = "none"
+    """Accuracy recovery of each candidate: ``none`` (BatchNorm re-estimation only, the fast
+    AMC-style proxy) or ``short`` (plus a 40-step distillation fine-tune from the original
+    model). ``full`` is for ``layerpilot export``."""
     out: Path | None = None
     """Search directory (default: a new folder under ``./runs/``)."""
     cache: Path | None = None
@@ -89,6 +94,11 @@ class SearchConfig:
             if unknown or not self.actions:
                 known = ", ".join(sorted(ACTIONS))
                 raise ConfigError(f"actions: unknown {unknown or 'empty list'}; known: {known}")
+        if self.recovery not in SEARCH_RECOVERY:
+            raise ConfigError(
+                f"recovery must be one of {', '.join(SEARCH_RECOVERY)} in a search, got "
+                f"{self.recovery!r} (full recovery is for `layerpilot export`)"
+            )
         if self.budget < 1:
             raise ConfigError(f"budget must be >= 1 candidate, got {self.budget}")
         if self.threads < 1 or self.batch_size < 1 or self.bn_batches < 0:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.base import Agent, Proposal
 from agent.config import SearchConfig
@@ -33,6 +33,9 @@ from agent.records import CandidateRecord
 from agent.wrapup import baseline_accuracy_of, baseline_summary, finish, summarize
 from envs.reward import reward
 from runners.job import EvalSpec, Outcome
+
+if TYPE_CHECKING:
+    from runners.build import BuildConfig
 
 STALL_LIMIT = 500
 """Consecutive proposals that were all already measured before the search gives up."""
@@ -75,8 +78,15 @@ def default_out_dir(config: SearchConfig, root: Path = Path("runs")) -> Path:
     return path
 
 
-def eval_spec(config: SearchConfig) -> EvalSpec:
+def build_config(config: SearchConfig) -> BuildConfig:
+    """How the search builds each candidate (BatchNorm re-estimation, recovery level)."""
     from runners.build import BuildConfig
+    from runners.recovery import recovery_preset
+
+    return BuildConfig(bn_batches=config.bn_batches, recovery=recovery_preset(config.recovery))
+
+
+def eval_spec(config: SearchConfig) -> EvalSpec:
     from runners.evaluate import EvalConfig
 
     return EvalSpec(
@@ -88,7 +98,7 @@ def eval_spec(config: SearchConfig) -> EvalSpec:
             runtime=config.runtime,
             threads=config.threads,
             latency=dataclasses.replace(config.latency, batch_size=config.batch_size),
-            build=BuildConfig(bn_batches=config.bn_batches),
+            build=build_config(config),
         ),
     )
 

@@ -86,11 +86,9 @@ def finish(
         best.strategy.save(out / "best_strategy.json")
         summary["best_index"] = best.index
         if config.log_model and best.index in run_ids:
-            from runners.build import BuildConfig
+            from agent.search import build_config
 
-            model = build_candidate(
-                subject, best.strategy, BuildConfig(bn_batches=config.bn_batches)
-            ).model
+            model = build_candidate(subject, best.strategy, build_config(config)).model
             tracker.log_best_model(run_ids[best.index], model, subject.workload.example_input)
     report = write_report(
         records, state.get("baseline") or {}, out / "report", title=f"layerpilot search {out.name}"

@@ -11,7 +11,7 @@ from torch import nn
 from envs.workloads.base import Workload
 from runners.base import Candidate
 from runners.gate_training import GateTrainConfig, train_controller
-from runners.recovery import reestimate_batchnorm
+from runners.recovery import RecoveryConfig, distill, reestimate_batchnorm
 from search_spaces import (
     Plan,
     Strategy,
@@ -37,6 +37,17 @@ class BuildConfig:
     """Train-split samples handed to the runtime for int8 calibration."""
     gates: GateTrainConfig = field(default_factory=GateTrainConfig)
     """How a dynamic-skip controller is trained (only candidates that gate a block)."""
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
+    """Distillation fine-tune from the original model after a structural change (default: none;
+    see ``runners.recovery.RECOVERY_PRESETS``)."""
+
+    def scope(self) -> dict[str, object]:
+        """This config as a cache-key dict (no ``recovery`` entry while recovery is off, so caches
+        measured before recovery existed stay valid)."""
+        data = asdict(self)
+        if not self.recovery.enabled:
+            del data["recovery"]
+        return data
 
     def __post_init__(self) -> None:
         if self.bn_batches < 0 or self.bn_batch_size < 1 or self.calibration_samples < 1:
@@ -93,6 +104,11 @@ def build_candidate(
                 max_batches=config.bn_batches,
             )
     notes: dict[str, object] = {}
+    if structural and config.recovery.enabled:
+        # the backbone is fine-tuned whole; the controller learns on the recovered blocks
+        with dynamic.forced(True) if dynamic is not None else nullcontext():
+            recovered = distill(model, subject.model, subject.workload.train, config.recovery)
+        notes["recovery"] = asdict(recovered)
     if dynamic is not None:
         stats = train_controller(dynamic, subject.workload.train.inputs, config.gates)
         notes["gate_training"] = asdict(stats)

@@ -60,7 +60,7 @@ class EvalSpec:
             "runtime": self.eval.runtime,
             "threads": self.eval.threads,
             "batch_size": self.eval.latency.batch_size,
-            "build": asdict(self.eval.build),  # BN re-estimation changes accuracy
+            "build": self.eval.build.scope(),  # BN re-estimation and recovery change accuracy
             "latency": asdict(self.eval.latency),  # the protocol changes what is reported
         }
 

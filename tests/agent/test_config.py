@@ -52,6 +52,16 @@ def test_actions_flag_opts_into_dynamic_skip() -> None:
     assert cfg.actions == ("skip", "dynamic_skip")
 
 
+def test_recovery_flag_sets_the_build_recovery_level() -> None:
+    from agent.search import build_config
+    from runners.recovery import RECOVERY_PRESETS
+
+    assert build_config(parse()).recovery == RECOVERY_PRESETS["none"]
+    cfg = parse("--recovery", "short")
+    assert cfg.recovery == "short"
+    assert build_config(cfg).recovery == RECOVERY_PRESETS["short"]
+
+
 def test_address_implies_ray_executor() -> None:
     assert parse("--address", "10.0.0.1:6379").executor == "ray"
 
@@ -66,6 +76,7 @@ def test_address_implies_ray_executor() -> None:
         ("[ppo]\nlr = -1.0\n", r"\[ppo\]"),
         ("budget = \n", "not valid"),
         ('actions = ["prune", "teleport"]\n', r"actions: unknown \['teleport'\]"),
+        ('recovery = "full"\n', "full recovery is for `layerpilot export`"),
     ],
 )
 def test_bad_config_file_names_what_is_wrong(tmp_path: Path, text: str, match: str) -> None:
