@@ -347,8 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_runtimes)
 
     from agent.cli_search import add_commands
+    from agent.export import add_command
 
     add_commands(sub)
+    add_command(sub)
     return parser
 
 
@@ -357,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from envs.workloads import UnknownWorkloadError, WorkloadCacheError, WorkloadSpecError
     from runners import UnknownRuntimeError
     from runners.base import RuntimeUnavailableError, UnsupportedPrecisionError
+    from runners.export import ExportError
     from runners.onnxruntime import MissingCalibrationError, PrecisionMappingError
     from search_spaces import StrategyError
 
@@ -371,12 +374,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         UnsupportedPrecisionError,
         PrecisionMappingError,
         MissingCalibrationError,
+        ExportError,
     )
     try:
         return int(args.func(args))
     except user_errors as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        Console(stderr=True).print(f"[bold red]error:[/bold red] {message}", highlight=False)
+        from rich.markup import escape
+
+        Console(stderr=True).print(
+            f"[bold red]error:[/bold red] {escape(message)}", highlight=False
+        )
         return EXIT_USAGE
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted")

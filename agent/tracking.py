@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
+    from runners.export import ExportedModel
+
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 """Makes the MLflow 3 UI open the experiment on its runs table instead of the GenAI overview."""
@@ -553,3 +555,146 @@ __all__ = [
     "param_key",
     "strategy_params",
 ]
+
+
+def log_export(
+    exported: ExportedModel,
+    *,
+    tracking_uri: str,
+    parent_run_id: str | None = None,
+    experiment: str = "layerpilot",
+    register: str | None = None,
+    example_input: torch.Tensor | None = None,
+    torch_model: torch.nn.Module | None = None,
+) -> dict[str, str]:
+    """Log an export as its own run (nested under the search's parent run when known).
+
+    The run holds the export's figures as metrics, ``report.md``, ``strategy.json`` and
+    ``export.json`` as artifacts, and the model as an MLflow model with an input example and a
+    signature: ``mlflow.onnx`` for the ONNX formats (TensorRT logs the ONNX its engine was built
+    from, plus the engine as an artifact), ``mlflow.pytorch`` for ``torch`` (``torch.export``'d,
+    so loading it unpickles no code). ``register`` adds it to the Model Registry under that name.
+
+    Returns ``run_id``, ``model_uri`` and, when registered, ``model_version``.
+    """
+    from mlflow import MlflowClient
+    from mlflow.entities import Param
+
+    client = MlflowClient(tracking_uri)
+    if parent_run_id is not None:
+        experiment = client.get_experiment(client.get_run(parent_run_id).info.experiment_id).name
+    tracker = Tracker(tracking_uri, experiment)
+    tags = {
+        "layerpilot.kind": "export",
+        "layerpilot.format": exported.format,
+        "layerpilot.workload": str(exported.source.get("workload", "")),
+        "layerpilot.strategy_key": exported.strategy.key(),
+        **machine_tags(),
+    }
+    if parent_run_id is not None:
+        tags[PARENT_RUN_TAG] = parent_run_id
+    run = tracker.client.create_run(
+        tracker.experiment_id, run_name=f"export-{exported.format}", tags=tags
+    )
+    run_id = run.info.run_id
+    params = {
+        **strategy_params(exported.strategy.to_dict()),
+        **flatten({"format": exported.format, "runtime": exported.runtime}, EXTRA_PARAM_PREFIX),
+        **flatten(
+            {k: v for k, v in exported.source.items() if isinstance(v, str | int | float)},
+            f"{EXTRA_PARAM_PREFIX}source.",
+        ),
+        **flatten(
+            {
+                "steps": exported.recovery.steps,
+                "temperature": exported.recovery.temperature,
+                "alpha": exported.recovery.alpha,
+            },
+            f"{EXTRA_PARAM_PREFIX}recovery.",
+        ),
+    }
+    tracker.client.log_batch(
+        run_id,
+        metrics=_metrics(exported.summary(), timestamp=_now_ms()),
+        params=[Param(param_key(k), _param_value(v)) for k, v in params.items()],
+    )
+    for role in ("report", "strategy"):
+        tracker.client.log_artifact(run_id, str(exported.out / exported.files[role]))
+    tracker.client.log_artifact(run_id, str(exported.out / "export.json"))
+    if exported.format == "tensorrt":
+        tracker.client.log_artifact(run_id, str(exported.out / exported.files["model"]))
+    result = {
+        "run_id": run_id,
+        **_log_export_model(tracker, run_id, exported, register, example_input, torch_model),
+    }
+    tracker.client.set_terminated(run_id, "FINISHED")
+    return result
+
+
+def _log_export_model(
+    tracker: Tracker,
+    run_id: str,
+    exported: ExportedModel,
+    register: str | None,
+    example_input: torch.Tensor | None,
+    torch_model: torch.nn.Module | None,
+) -> dict[str, str]:
+    import numpy as np
+    from mlflow.models import infer_signature
+
+    logged = tracker.client.create_logged_model(
+        experiment_id=tracker.experiment_id, name="model", source_run_id=run_id
+    )
+    # two rows: a batch-1 example would pin the batch axis of the torch.export'ed model to 1
+    x = None if example_input is None else example_input.detach().cpu().numpy().repeat(2, axis=0)
+    with _using_tracking_uri(tracker.tracking_uri):
+        if exported.format == "torch":
+            import mlflow.pytorch
+            import torch
+
+            assert torch_model is not None, "a torch export is logged with its model"
+            signature = None
+            if x is not None:
+                with torch.no_grad():
+                    y = torch_model(torch.from_numpy(x)).numpy()
+                signature = infer_signature(x, y)
+            info = mlflow.pytorch.log_model(
+                torch_model,
+                name="model",
+                model_id=logged.model_id,
+                run_id=run_id,
+                signature=signature,
+                input_example=x,
+                pip_requirements=[f"torch=={metadata.version('torch')}"],
+                registered_model_name=register,
+                export_model=True,
+            )
+        else:
+            import mlflow.onnx
+            import onnx
+            import onnxruntime as ort
+
+            onnx_file = exported.out / exported.files.get("onnx", exported.files["model"])
+            signature = None
+            if x is not None:
+                session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+                feed = {session.get_inputs()[0].name: x.astype(np.float32)}
+                signature = infer_signature(x, session.run(None, feed)[0])
+            info = mlflow.onnx.log_model(
+                onnx.load(str(onnx_file)),
+                name="model",
+                model_id=logged.model_id,
+                run_id=run_id,
+                signature=signature,
+                input_example=x,
+                pip_requirements=[
+                    f"onnx=={metadata.version('onnx')}",
+                    f"onnxruntime=={metadata.version('onnxruntime')}",
+                ],
+                registered_model_name=register,
+            )
+    tracker.client.finalize_logged_model(logged.model_id, "READY")
+    out = {"model_uri": str(info.model_uri)}
+    if register is not None and info.registered_model_version is not None:
+        out["model_version"] = str(info.registered_model_version)
+    return out

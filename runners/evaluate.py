@@ -16,7 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from runners.base import RuntimeUnavailableError, check_precisions, covered_by
+from runners.base import (
+    Candidate,
+    Compiled,
+    RuntimeUnavailableError,
+    check_precisions,
+    covered_by,
+)
 from runners.build import BuildConfig, Subject, build_candidate
 from runners.gate_training import gate_statistics
 from runners.latency import LatencyConfig, LatencyStats, measure_compiled, measure_over_inputs
@@ -137,29 +143,42 @@ def measure(
     subject: Subject, strategy: Strategy, config: EvalConfig, workdir: Path | None = None
 ) -> Measurement:
     """Build ``strategy``, compile it for ``config.runtime``, and measure it."""
+    candidate = build_candidate(subject, strategy, config.build)
+    with tempfile.TemporaryDirectory(prefix="layerpilot-") as tmp:
+        measurement, _ = measure_candidate(
+            subject, candidate, config, Path(workdir or tmp), label=strategy.key()
+        )
+    return measurement
+
+
+def measure_candidate(
+    subject: Subject, candidate: Candidate, config: EvalConfig, workdir: Path, *, label: str
+) -> tuple[Measurement, Compiled]:
+    """Compile a built ``candidate`` for ``config.runtime`` in ``workdir`` and measure it.
+
+    Returns the measurement and the compiled model (its files stay in ``workdir``).
+
+    Raises:
+        EvaluationError: NaN/inf outputs or metric (``label`` names the candidate).
+    """
     from runners import get_runtime
     from runners.metrics import count_params, flops_by_module
 
     runtime = get_runtime(config.runtime, threads=config.threads)
-    candidate = build_candidate(subject, strategy, config.build)
-    with tempfile.TemporaryDirectory(prefix="layerpilot-") as tmp:
-        compiled = runtime.compile(candidate, Path(workdir or tmp))
-        outputs = np.concatenate(
-            [
-                compiled.run(x.numpy())
-                for x, _ in subject.workload.eval.batches(config.eval_batch_size)
-            ]
-        )
-        if not np.isfinite(outputs).all():
-            raise EvaluationError(f"strategy {strategy.key()} gives NaN/inf outputs")
-        accuracy = float(subject.workload.metric(outputs, subject.workload.eval.targets.numpy()))
-        if not math.isfinite(accuracy):
-            raise EvaluationError(f"strategy {strategy.key()}: metric is {accuracy}")
-        if candidate.input_dependent:
-            samples = subject.workload.eval.inputs[: config.latency.inputs]
-            latency = measure_over_inputs(compiled, samples, config.latency)
-        else:
-            latency = measure_compiled(compiled, candidate.example_input, config.latency)
+    compiled = runtime.compile(candidate, workdir)
+    outputs = np.concatenate(
+        [compiled.run(x.numpy()) for x, _ in subject.workload.eval.batches(config.eval_batch_size)]
+    )
+    if not np.isfinite(outputs).all():
+        raise EvaluationError(f"strategy {label} gives NaN/inf outputs")
+    accuracy = float(subject.workload.metric(outputs, subject.workload.eval.targets.numpy()))
+    if not math.isfinite(accuracy):
+        raise EvaluationError(f"strategy {label}: metric is {accuracy}")
+    if candidate.input_dependent:
+        samples = subject.workload.eval.inputs[: config.latency.inputs]
+        latency = measure_over_inputs(compiled, samples, config.latency)
+    else:
+        latency = measure_compiled(compiled, candidate.example_input, config.latency)
     dynamic = find_dynamic(candidate.model)
     if dynamic is not None:
         # decisions of the deployed (thresholded) controller over the whole eval split
@@ -186,7 +205,7 @@ def measure(
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
-    return Measurement(
+    measurement = Measurement(
         accuracy=accuracy,
         latency=latency,
         flops=int(per_module.get("", sum(leaves.values()))),
@@ -195,6 +214,7 @@ def measure(
         size_bytes=int(compiled.size_bytes),
         info=info,
     )
+    return measurement, compiled
 
 
 def _leaf_flops(model: torch.nn.Module, per_module: dict[str, int]) -> dict[str, int]:

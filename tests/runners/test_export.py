@@ -1,0 +1,180 @@
+"""Export: each CPU format round-trips to the reported figures, the report says what export.json
+says, and a failed or refused export leaves nothing half-written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+
+from envs.workloads import DataSplit, Workload
+from runners import get_runtime
+from runners.base import RuntimeUnavailableError
+from runners.build import BuildConfig, Subject
+from runners.evaluate import EvalConfig
+from runners.export import (
+    EXPORT_FILE,
+    ExportError,
+    export_candidate,
+    int8_everywhere,
+    load_torch_export,
+)
+from runners.latency import LatencyConfig
+from runners.onnxruntime import _open_session
+from runners.recovery import RecoveryConfig
+from search_spaces import Strategy
+from search_spaces.errors import StrategyError
+
+from models import make_model
+
+FAST = EvalConfig(
+    latency=LatencyConfig(
+        warmup=2,
+        warmup_seconds=0,
+        round_runs=8,
+        min_round_seconds=0,
+        min_rounds=2,
+        max_rounds=3,
+        max_seconds=5,
+    ),
+    build=BuildConfig(bn_batches=1),
+)
+RECOVERY = RecoveryConfig(steps=4, batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def subject() -> Subject:
+    model, x = make_model("resnet")
+    g = torch.Generator().manual_seed(0)
+    inputs = torch.randn(160, *x.shape[1:], generator=g)
+    with torch.no_grad():
+        targets = model(inputs).argmax(1)
+    split = DataSplit(inputs, targets)
+    return Subject.prepare(
+        Workload("tiny-resnet", model, x, split.head(128), DataSplit(inputs[96:], targets[96:]))
+    )
+
+
+@pytest.fixture(scope="module")
+def strategy(subject: Subject) -> Strategy:
+    return Strategy({u.name: {"prune": 0.5} for u in subject.units if u.allows("prune")})
+
+
+def _ort_accuracy(path: Path, split: DataSplit) -> float:
+    session = _open_session(path, 1, ["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    out = session.run(None, {name: split.inputs.numpy()})[0]
+    return float((out.argmax(1) == split.targets.numpy()).mean() * 100)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "onnx-int8"])
+def test_onnx_export_reevaluates_to_the_reported_accuracy(subject, strategy, fmt, tmp_path):
+    out = tmp_path / "export"
+
+    exported = export_candidate(
+        subject, strategy, fmt, out, config=FAST, recovery=RECOVERY, source={"search": "t"}
+    )
+
+    saved = json.loads((out / EXPORT_FILE).read_text())
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["model.onnx", "strategy.json", "report.md", EXPORT_FILE]
+    )
+    reported = saved["summary"]["accuracy"]
+    assert abs(_ort_accuracy(out / "model.onnx", subject.workload.eval) - reported) <= 0.5
+    assert saved["summary"]["speedup"] == pytest.approx(exported.speedup)
+    assert saved["candidate"]["info"]["recovery"]["steps"] == RECOVERY.steps
+    assert Strategy.load(out / "strategy.json") == exported.strategy
+    ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
+    assert ("QuantizeLinear" in ops) == (fmt == "onnx-int8")
+
+
+def test_torch_export_loads_weights_only_and_matches_the_reported_accuracy(
+    subject, strategy, tmp_path
+):
+    out = tmp_path / "export"
+    export_candidate(subject, strategy, "torch", out, config=FAST, recovery=RECOVERY)
+
+    model = load_torch_export(out, subject)
+
+    torch.load(out / "model.pt", weights_only=True)  # no pickled code needed
+    reported = json.loads((out / EXPORT_FILE).read_text())["summary"]["accuracy"]
+    with torch.no_grad():
+        preds = model(subject.workload.eval.inputs).argmax(1)
+    accuracy = float((preds == subject.workload.eval.targets).float().mean() * 100)
+    assert abs(accuracy - reported) <= 0.5
+    pruned = sum(p.numel() for p in model.parameters())
+    assert pruned < sum(p.numel() for p in subject.model.parameters())
+
+
+def test_report_states_the_figures_of_export_json(subject, strategy, tmp_path):
+    out = tmp_path / "export"
+    exported = export_candidate(subject, strategy, "onnx", out, config=FAST, recovery=RECOVERY)
+
+    report = (out / "report.md").read_text()
+
+    c, b = exported.candidate, exported.baseline
+    assert f"| accuracy % | {b.accuracy:.2f} | {c.accuracy:.2f} |" in report
+    assert (
+        f"| latency median ms | {b.latency.median_ms:.3f} | {c.latency.median_ms:.3f} |" in report
+    )
+    assert f"| latency p90 ms | {b.latency.p90_ms:.3f} | {c.latency.p90_ms:.3f} |" in report
+    assert f"**{exported.speedup:.2f}x faster**" in report
+    assert "4 distillation steps" in report and "onnxruntime-cpu" in report
+
+
+def test_int8_everywhere_overrides_unit_precisions_and_keeps_structure() -> None:
+    s = Strategy({"a": {"prune": 0.5, "precision": "fp32"}, "b": {"precision": "fp32"}})
+    assert int8_everywhere(s).to_dict()["units"] == {
+        "*": {"precision": "int8"},
+        "a": {"prune": 0.5},
+    }
+
+
+def test_tensorrt_without_a_gpu_fails_clearly_and_writes_nothing(subject, strategy, tmp_path):
+    if get_runtime("tensorrt").unavailable_reason() is None:
+        pytest.skip("TensorRT can run here; the refusal path is for machines without it")
+    out = tmp_path / "export"
+    with pytest.raises(RuntimeUnavailableError, match="--format tensorrt needs"):
+        export_candidate(subject, strategy, "tensorrt", out, config=FAST, recovery=RECOVERY)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failure_mid_export_leaves_no_partial_output(subject, strategy, tmp_path, monkeypatch):
+    import runners.export as export_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(export_module, "_write_model", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_candidate(
+            subject, strategy, "onnx", tmp_path / "export", config=FAST, recovery=RECOVERY
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_non_empty_out_or_a_bad_strategy_is_refused_before_any_work(subject, strategy, tmp_path):
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="not an empty directory"):
+        export_candidate(subject, strategy, "onnx", out, config=FAST, recovery=RECOVERY)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+    with pytest.raises(StrategyError):
+        export_candidate(
+            subject,
+            Strategy({"nope": {"prune": 0.5}}),
+            "onnx",
+            tmp_path / "other",
+            config=FAST,
+            recovery=RECOVERY,
+        )
+    assert not (tmp_path / "other").exists()
+    with pytest.raises(ExportError, match="unknown export format"):
+        export_candidate(
+            subject, strategy, "coreml", tmp_path / "x", config=FAST, recovery=RECOVERY
+        )
