@@ -1,0 +1,143 @@
+"""`layerpilot export` end to end: from an MLflow candidate run to a registered model, and the
+clear refusals (nothing to export, no GPU) that leave --out untouched."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from agent.cli import EXIT_USAGE, main
+from agent.records import CandidateRecord
+from agent.tracking import PARENT_RUN_TAG, Tracker
+from runners import get_runtime
+from runners.job import Outcome
+from search_spaces import Strategy
+
+PRUNE = Strategy({"layer3.1.conv1": {"prune": 0.5}, "layer3.2.conv1": {"prune": 0.5}})
+
+
+def _record(index: int, strategy: Strategy, ok: bool = True) -> CandidateRecord:
+    if ok:
+        result = {"accuracy": 99.5, "accuracy_drop": 0.28, "speedup": 1.2}
+        outcome = Outcome(strategy, "ok", result={**result, "strategy": strategy.to_dict()})
+    else:
+        outcome = Outcome(strategy, "failed", error="RuntimeError: boom")
+    return CandidateRecord(index=index, outcome=outcome, reward=0.1, source="test")
+
+
+def _err(capsys: pytest.CaptureFixture[str]) -> str:
+    return " ".join(capsys.readouterr().err.split())  # rich wraps long lines
+
+
+def _search_dir(path: Path, records: list[CandidateRecord], cache_dir: Path) -> Path:
+    path.mkdir()
+    config = {"workload": "digits-resnet", "seed": 0, "cache_dir": str(cache_dir)}
+    (path / "search.json").write_text(json.dumps({"config": config, "mlflow": {}}))
+    (path / "candidates.jsonl").write_text("".join(json.dumps(r.to_dict()) + "\n" for r in records))
+    return path
+
+
+@pytest.mark.slow
+def test_export_from_a_candidate_run_logs_a_nested_run_and_registers_the_model(
+    tmp_path: Path, workload_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri)
+    config = {"workload": "digits-resnet", "seed": 0, "threads": 1, "batch_size": 1}
+    parent = tracker.start_search("ppo-digits", config, {"name": "digits-resnet"}, {}, tmp_path)
+    tracker.log_candidate(_record(0, Strategy()))
+    candidate_run = tracker.log_candidate(_record(1, PRUNE))
+    out = tmp_path / "export"
+
+    code = main(
+        [
+            "export",
+            candidate_run,
+            "--tracking-uri",
+            uri,
+            "--format",
+            "onnx",
+            "--out",
+            str(out),
+            "--recovery",
+            "short",
+            "--register",
+            "digits-small",
+            "--json",
+        ]
+    )
+
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["candidate"] == 1 and summary["model_version"] == "1"
+    client = MlflowClient(uri)
+    run = client.get_run(summary["run_id"])
+    assert run.data.tags[PARENT_RUN_TAG] == parent
+    assert run.data.tags["layerpilot.kind"] == "export"
+    assert run.data.metrics["accuracy"] == pytest.approx(summary["accuracy"])
+    assert run.data.params["layer3.1.conv1.prune"] == "0.5"
+    artifacts = {a.path for a in client.list_artifacts(summary["run_id"])}
+    assert {"report.md", "strategy.json", "export.json"} <= artifacts
+    version = client.get_model_version("digits-small", "1")
+    assert version.run_id == summary["run_id"]
+
+    import mlflow.pyfunc
+    import numpy as np
+
+    from envs.workloads import get_workload
+
+    wl = get_workload("digits-resnet", cache_dir=workload_cache)
+    location = client.get_logged_model(summary["model_uri"].split("/")[-1]).artifact_location
+    model = mlflow.pyfunc.load_model(location)
+    scores = model.predict(wl.eval.inputs[:64].numpy())
+    scores = next(iter(scores.values())) if isinstance(scores, dict) else np.asarray(scores)
+    accuracy = float((scores.argmax(1) == wl.eval.targets[:64].numpy()).mean() * 100)
+    assert accuracy > 90.0
+
+
+def test_export_of_a_search_without_a_successful_candidate_is_a_clear_error(
+    tmp_path: Path, workload_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    search = _search_dir(
+        tmp_path / "search",
+        [_record(0, PRUNE, ok=False), _record(1, PRUNE, ok=False)],
+        workload_cache,
+    )
+    out = tmp_path / "export"
+
+    code = main(["export", str(search), "--format", "onnx", "--out", str(out), "--no-mlflow"])
+
+    assert code == EXIT_USAGE
+    assert "no successful candidate" in _err(capsys)
+    assert not out.exists()
+
+
+def test_export_names_the_candidates_when_the_index_or_drop_bound_misses(
+    tmp_path: Path, workload_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    search = _search_dir(tmp_path / "search", [_record(0, PRUNE)], workload_cache)
+    base = ["export", str(search), "--format", "onnx", "--out", str(tmp_path / "x"), "--no-mlflow"]
+
+    assert main([*base, "--candidate", "7"]) == EXIT_USAGE
+    assert "no candidate 7 (indices 0–0)" in _err(capsys)
+    assert main([*base, "--max-drop", "0.1"]) == EXIT_USAGE
+    assert "within 0.1 points" in _err(capsys)
+    assert not (tmp_path / "x").exists()
+
+
+def test_export_tensorrt_without_a_gpu_exits_nonzero_and_writes_nothing(
+    tmp_path: Path, workload_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if get_runtime("tensorrt").unavailable_reason() is None:
+        pytest.skip("TensorRT can run here; the refusal path is for machines without it")
+    search = _search_dir(tmp_path / "search", [_record(0, PRUNE)], workload_cache)
+    out = tmp_path / "export"
+
+    code = main(["export", str(search), "--format", "tensorrt", "--out", str(out)])
+
+    assert code == EXIT_USAGE
+    assert "--format tensorrt needs the tensorrt runtime" in _err(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["search"]
