@@ -175,6 +175,14 @@ def add_command(sub: Any) -> None:
         choices=list(RECOVERY_PRESETS),
         help="distillation fine-tune before export (default full)",
     )
+    p.add_argument(
+        "--rerank",
+        type=int,
+        default=0,
+        metavar="K",
+        help="with --candidate best: fully recover the K fastest Pareto candidates, fastest "
+        "first, and export the first within --max-drop (the search's accuracy is a proxy)",
+    )
     p.add_argument("--register", metavar="NAME", help="register the model under NAME in MLflow")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the search's)")
     p.add_argument("--no-mlflow", action="store_true", help="write files only, log nothing")
@@ -185,14 +193,29 @@ def add_command(sub: Any) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from agent.cli import CliError, _console, _print_json, _stderr_progress
     from runners.export import check_format
+    from runners.recovery import recovery_preset
 
     if args.register and args.no_mlflow:
         raise CliError("--register needs MLflow; drop --no-mlflow")
+    if args.rerank < 0:
+        raise CliError(f"--rerank must be >= 0, got {args.rerank}")
     check_format(args.format)  # no GPU / no TensorRT: fail before loading anything
     source = load_source(args.target, args.tracking_uri)
-    record = choose_candidate(source, args.candidate, args.max_drop)
+    record = choose_candidate(source, args.candidate, args.max_drop if not args.rerank else 1e9)
     progress = _stderr_progress(not args.json)
-    exported, model, subject = _export(source, record, args, progress)
+    subject, eval_config = _prepare(source, progress)
+    recovery = recovery_preset(args.recovery)
+    trace: list[dict[str, float]] = []
+    if args.rerank and args.candidate == "best":
+        record, trace = rerank(
+            source, subject, eval_config, recovery, args.rerank, args.max_drop, progress
+        )
+    exported = _export(source, record, subject, eval_config, args, trace, progress)
+    model = None
+    if exported.format == "torch":
+        from runners.export import load_torch_export
+
+        model = load_torch_export(exported.out, subject)
     logged: dict[str, str] = {}
     if not args.no_mlflow:
         from agent.tracking import default_tracking_uri, log_export
@@ -203,7 +226,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             parent_run_id=source.parent_run_id,
             register=args.register,
             example_input=subject.workload.example_input,
-            torch_model=model if exported.format == "torch" else None,
+            torch_model=model,
         )
     summary = {
         **exported.summary(),
@@ -226,15 +249,68 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export(
-    source: SearchSource, record: CandidateRecord, args: argparse.Namespace, progress: Any
-) -> tuple[Any, Any, Any]:
+def rerank(
+    source: SearchSource,
+    subject: Any,
+    config: Any,
+    recovery: Any,
+    k: int,
+    max_drop: float,
+    progress: Any = None,
+) -> tuple[CandidateRecord, list[dict[str, float]]]:
+    """The fastest of the search's ``k`` fastest Pareto candidates that is within ``max_drop``
+    points *after* ``recovery``.
+
+    The search ranks candidates by what they measured with its own (cheaper) recovery; a
+    candidate that lost too much there may come back with full recovery. Candidates are
+    rebuilt and measured fastest first, and the first within ``max_drop`` wins (each costs one
+    build with recovery and one measurement). Returns it and the trace (index, search speedup,
+    recovered accuracy and drop) of every candidate tried.
+
+    Raises:
+        CliError: None of the ``k`` is within ``max_drop`` after recovery.
+    """
+    from dataclasses import replace as _replace
+
+    from agent.cli import CliError
+    from agent.report import pareto_front
+    from runners.evaluate import measure
+    from search_spaces import Strategy
+
+    ok = [r for r in source.records if r.ok and math.isfinite(r.speedup)]
+    front = [ok[i] for i in pareto_front([(r.accuracy, r.speedup) for r in ok])]
+    chosen = sorted(front, key=lambda r: -r.speedup)[:k]
+    build_config = _replace(config, build=_replace(config.build, recovery=recovery))
+    baseline = measure(subject, Strategy(), config).accuracy
+    trace: list[dict[str, float]] = []
+    for record in chosen:
+        if progress is not None:
+            progress(f"re-ranking: candidate {record.index} ({record.speedup:.2f}x in the search)")
+        accuracy = measure(subject, record.strategy, build_config).accuracy
+        trace.append(
+            {
+                "index": record.index,
+                "search_speedup": record.speedup,
+                "accuracy": accuracy,
+                "drop": baseline - accuracy,
+            }
+        )
+        if baseline - accuracy <= max_drop:
+            return record, trace
+    tried = ", ".join(f"#{t['index']:.0f}: {t['drop']:.2f}" for t in trace)
+    raise CliError(
+        f"none of the {len(chosen)} fastest Pareto candidates of {source.label} is within "
+        f"{max_drop} points after {recovery.steps} recovery steps (drops: {tried}); raise "
+        "--rerank or --max-drop"
+    )
+
+
+def _prepare(source: SearchSource, progress: Any) -> tuple[Any, Any]:
+    """The search's workload, prepared, and how it measured (threads, latency, BatchNorm)."""
     from runners.build import BuildConfig, Subject
     from runners.evaluate import EvalConfig
-    from runners.export import export_candidate, load_torch_export
     from runners.job import EvalSpec
     from runners.latency import LatencyConfig
-    from runners.recovery import recovery_preset
 
     config = source.config
     latency = LatencyConfig(**config["latency"]) if config.get("latency") else LatencyConfig()
@@ -253,7 +329,22 @@ def _export(
         latency=replace(latency, batch_size=int(config.get("batch_size") or 1)),
         build=BuildConfig(bn_batches=int(config.get("bn_batches", 8))),
     )
-    exported = export_candidate(
+    return subject, eval_config
+
+
+def _export(
+    source: SearchSource,
+    record: CandidateRecord,
+    subject: Any,
+    eval_config: Any,
+    args: argparse.Namespace,
+    trace: list[dict[str, float]],
+    progress: Any,
+) -> Any:
+    from runners.export import export_candidate
+    from runners.recovery import recovery_preset
+
+    return export_candidate(
         subject,
         record.strategy,
         args.format,
@@ -263,10 +354,9 @@ def _export(
         source={
             "search": source.label,
             "candidate": record.index,
-            "seed": spec.seed,
+            "seed": int(source.config.get("seed") or 0),
             **({"parent_run_id": source.parent_run_id} if source.parent_run_id else {}),
+            **({"reranked": json.dumps(trace)} if trace else {}),
         },
         progress=progress,
     )
-    model = load_torch_export(exported.out, subject) if exported.format == "torch" else None
-    return exported, model, subject

@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import platform
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
 
     from runners.export import ExportedModel
+
+logger = logging.getLogger(__name__)
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
@@ -658,17 +661,23 @@ def _log_export_model(
                 with torch.no_grad():
                     y = torch_model(torch.from_numpy(x)).numpy()
                 signature = infer_signature(x, y)
-            info = mlflow.pytorch.log_model(
-                torch_model,
-                name="model",
-                model_id=logged.model_id,
-                run_id=run_id,
-                signature=signature,
-                input_example=x,
-                pip_requirements=[f"torch=={metadata.version('torch')}"],
-                registered_model_name=register,
-                export_model=True,
-            )
+            common = {
+                "name": "model",
+                "model_id": logged.model_id,
+                "run_id": run_id,
+                "signature": signature,
+                "input_example": x,
+                "pip_requirements": [f"torch=={metadata.version('torch')}"],
+                "registered_model_name": register,
+            }
+            try:  # torch.export'ed: loading it runs no pickled code
+                info = mlflow.pytorch.log_model(torch_model, export_model=True, **common)
+            except Exception as exc:  # data-dependent control flow (dynamic skip) does not trace
+                logger.warning("torch.export failed (%s); logging the model pickled", exc)
+                tracker.client.set_tag(run_id, "layerpilot.torch_serialization", "pickle")
+                info = mlflow.pytorch.log_model(
+                    torch_model, serialization_format="pickle", **common
+                )
         else:
             import mlflow.onnx
             import onnx

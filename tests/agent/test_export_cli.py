@@ -141,3 +141,39 @@ def test_export_tensorrt_without_a_gpu_exits_nonzero_and_writes_nothing(
     assert code == EXIT_USAGE
     assert "--format tensorrt needs the tensorrt runtime" in _err(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["search"]
+
+
+@pytest.mark.slow
+def test_rerank_exports_a_candidate_that_only_recovery_brings_within_the_bound(
+    tmp_path: Path, workload_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from envs.workloads import get_workload
+    from runners.build import Subject
+
+    subject = Subject.prepare(get_workload("digits-resnet", cache_dir=workload_cache))
+    heavy = Strategy({u.name: {"prune": 0.75} for u in subject.units if u.allows("prune")})
+    damaged = CandidateRecord(
+        index=0,
+        outcome=Outcome(
+            heavy, "ok", result={"accuracy": 10.0, "accuracy_drop": 89.8, "speedup": 5.0}
+        ),
+        reward=-80.0,
+        source="test",
+    )
+    search = _search_dir(tmp_path / "search", [damaged, _record(1, PRUNE)], workload_cache)
+    common = ["--format", "onnx", "--recovery", "short", "--max-drop", "30", "--no-mlflow"]
+
+    assert main(["export", str(search), "--out", str(tmp_path / "a"), *common, "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    code = main(
+        ["export", str(search), "--out", str(tmp_path / "b"), *common, "--rerank", "2", "--json"]
+    )
+
+    assert code == 0
+    reranked = json.loads(capsys.readouterr().out)
+    assert plain["candidate"] == 1  # by the search's own accuracy only #1 is within 30 points
+    assert reranked["candidate"] == 0 and reranked["accuracy_drop"] <= 30.0  # measured: ~17
+    trace = json.loads(
+        json.loads((tmp_path / "b" / "export.json").read_text())["source"]["reranked"]
+    )
+    assert [t["index"] for t in trace] == [0]
