@@ -135,19 +135,20 @@ def _levels(subject: Subject, log: Log, name: str, strategy: Strategy) -> None:
 def search_rows(
     subject: Subject, log: Log, search_dir: Path, front: int, front_drop: float, out_dir: Path
 ) -> None:
-    wl = subject.workload.name
+    wl, name = subject.workload.name, search_dir.name
     records = [r for r in load_records(search_dir) if r.ok and np.isfinite(r.speedup)]
     pool = [r for r in records if r.accuracy_drop <= front_drop]
     on_front = [pool[i] for i in pareto_front([(r.accuracy, r.speedup) for r in pool])]
     chosen = sorted(on_front, key=lambda r: -r.speedup)[:front]
     for record in chosen:
-        if log.find(workload=wl, kind="search", index=record.index) is None:
+        if log.find(workload=wl, kind="search", search=name, index=record.index) is None:
             result = run_measure(subject, record.strategy, "full")
             print(f"{wl} search #{record.index}: {result}", flush=True)
             log.add(
                 {
                     "workload": wl,
                     "kind": "search",
+                    "search": name,
                     "index": record.index,
                     "search_speedup": record.speedup,
                     "search_drop": record.accuracy_drop,
@@ -155,7 +156,7 @@ def search_rows(
                     **result,
                 }
             )
-    if log.find(workload=wl, kind="export") is not None:
+    if log.find(workload=wl, kind="export", search=name) is not None:
         return
     base = log.find(workload=wl, kind="baseline")
     assert base is not None
@@ -164,13 +165,14 @@ def search_rows(
         for row in log.rows
         if row.get("workload") == wl
         and row.get("kind") == "search"
+        and row.get("search") == name
         and base["accuracy"] - row["accuracy"] <= MAX_DROP
     ]
     if not done:
         return
     best = min(done, key=lambda row: row["latency_ms"])
     strategy = next(r.strategy for r in records if r.index == best["index"])
-    target = out_dir / f"export-{wl}"
+    target = out_dir / f"export-{wl}-{name}"
     exported = export_candidate(
         subject,
         strategy,
@@ -193,6 +195,7 @@ def search_rows(
         {
             "workload": wl,
             "kind": "export",
+            "search": name,
             "index": best["index"],
             **exported.summary(),
             "reeval_accuracy": accuracy,
@@ -279,11 +282,23 @@ def render(log: Log, workloads: list[str], command: str) -> str:
                 f"re-estimation + full KD, + int8 when faster): {n}, {r['accuracy']:.2f} % "
                 f"({r['accuracy'] - b_acc:+.2f}), **{b_lat / r['latency_ms']:.2f}x**.",
             ]
-        srows = [r for r in log.rows if r.get("workload") == wl and r.get("kind") == "search"]
-        if srows:
+        searched: list[str] = []
+        for row in log.rows:
+            if (
+                row.get("workload") == wl
+                and row.get("kind") == "search"
+                and row.get("search") not in searched
+            ):
+                searched.append(row["search"])
+        for name in searched:
+            srows = [
+                r
+                for r in log.rows
+                if r.get("workload") == wl and r.get("kind") == "search" and r.get("search") == name
+            ]
             lines += [
                 "",
-                "Search candidates (Pareto front, no recovery in the search), fully recovered:",
+                f"Search `{name}`: its fastest Pareto candidates, fully recovered:",
                 "",
                 "| candidate | search speedup | search drop | full-recovery acc | drop | "
                 "speedup now |",
@@ -295,29 +310,32 @@ def render(log: Log, workloads: list[str], command: str) -> str:
                     f"{r['accuracy']:.2f} | {b_acc - r['accuracy']:.2f} | "
                     f"{b_lat / r['latency_ms']:.2f}x |"
                 )
-        ex = log.find(workload=wl, kind="export")
-        if ex:
-            lines += [
-                "",
-                f"**Exported** (candidate #{ex['index']}, `layerpilot export` path, full "
-                f"recovery): {ex['accuracy']:.2f} % ({-ex['accuracy_drop']:+.2f}), "
-                f"{ex['latency_median_ms']:.3f} ms, **{ex['speedup']:.2f}x** "
-                f"(spread {ex['latency_spread']:.1%}). Re-evaluated from `model.onnx` in a "
-                f"fresh session: {ex['reeval_accuracy']:.2f} %, {ex['reeval_latency_ms']:.3f} ms "
-                f"({ex['reeval_latency_ms'] / ex['latency_median_ms'] - 1:+.1%}).",
-            ]
-            if hand_best:
-                r, n = hand_best
-                lines.append(
-                    f"Search export vs hand pipeline at ≤ 1 point: {ex['speedup']:.2f}x vs "
-                    f"{b_lat / r['latency_ms']:.2f}x."
-                )
+            ex = log.find(workload=wl, kind="export", search=name)
+            if ex:
+                lines += [
+                    "",
+                    f"**Exported** (candidate #{ex['index']}, `runners.export`, full "
+                    f"recovery): {ex['accuracy']:.2f} % ({-ex['accuracy_drop']:+.2f}), "
+                    f"{ex['latency_median_ms']:.3f} ms, **{ex['speedup']:.2f}x** "
+                    f"(spread {ex['latency_spread']:.1%}). Re-evaluated from `model.onnx` in a "
+                    f"fresh session: {ex['reeval_accuracy']:.2f} %, "
+                    f"{ex['reeval_latency_ms']:.3f} ms "
+                    f"({ex['reeval_latency_ms'] / ex['latency_median_ms'] - 1:+.1%}).",
+                ]
+                if hand_best:
+                    r, n = hand_best
+                    lines.append(
+                        f"Search export vs hand pipeline at ≤ 1 point: {ex['speedup']:.2f}x vs "
+                        f"{b_lat / r['latency_ms']:.2f}x."
+                    )
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--search", nargs="*", default=[], help="WORKLOAD=SEARCH_DIR")
+    parser.add_argument(
+        "--search", nargs="*", default=[], help="WORKLOAD=SEARCH_DIR (repeat for more searches)"
+    )
     parser.add_argument("--workloads", nargs="*", default=None)
     parser.add_argument("--ratios", nargs="*", type=float, default=[0.5, 0.625, 0.75, 0.875])
     parser.add_argument("--front", type=int, default=6)
@@ -328,7 +346,10 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    searches = dict(item.split("=", 1) for item in args.search)
+    searches: dict[str, list[str]] = {}
+    for item in args.search:
+        workload, _, directory = item.partition("=")
+        searches.setdefault(workload, []).append(directory)
     workloads = args.workloads or list(searches) or ["digits-resnet", "mnist1d-cnn"]
     log = Log(args.out.with_suffix(".jsonl"))
     command = "python benchmarks/recovery.py " + " ".join(sys.argv[1:])
@@ -338,8 +359,8 @@ def main() -> None:
             start = time.perf_counter()
             subject = Subject.prepare(get_workload(wl))
             levels_rows(subject, log, args.ratios)
-            if wl in searches:
-                search_rows(subject, log, Path(searches[wl]), args.front, args.front_drop, exports)
+            for directory in searches.get(wl, []):
+                search_rows(subject, log, Path(directory), args.front, args.front_drop, exports)
             print(f"{wl}: {time.perf_counter() - start:.0f} s", flush=True)
             args.out.write_text(render(log, workloads, command))
     text = render(log, workloads, command)
