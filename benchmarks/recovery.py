@@ -184,9 +184,9 @@ def search_rows(
     )
     # reproducibility: a fresh session on the written file
     session = _open_session(target / "model.onnx", 1, ["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
+    feed = session.get_inputs()[0].name
     outputs = np.concatenate(
-        [session.run(None, {name: x.numpy()})[0] for x, _ in subject.workload.eval.batches(256)]
+        [session.run(None, {feed: x.numpy()})[0] for x, _ in subject.workload.eval.batches(256)]
     )
     accuracy = float(subject.workload.metric(outputs, subject.workload.eval.targets.numpy()))
     compiled = OrtCompiled("onnxruntime-cpu", 0, {}, target / "model.onnx", session)
