@@ -86,6 +86,13 @@ def _source_from_run(run_id: str, tracking_uri: str | None) -> SearchSource:
     for key in ("threads", "batch_size", "bn_batches"):
         if key in params:
             config[key] = int(params[key])
+    latency = {
+        key.removeprefix("latency."): float(value) if "." in value else int(value)
+        for key, value in params.items()
+        if key.startswith("latency.") and value.replace(".", "", 1).isdigit()
+    }
+    if latency:
+        config["latency"] = latency  # the search's timing protocol, as its parent run logged it
     return SearchSource(
         label=run_id,
         config=config,

@@ -17,6 +17,15 @@ from runners.job import Outcome
 from search_spaces import Strategy
 
 PRUNE = Strategy({"layer3.1.conv1": {"prune": 0.5}, "layer3.2.conv1": {"prune": 0.5}})
+QUICK_LATENCY = {
+    "warmup": 2,
+    "warmup_seconds": 0.0,
+    "round_runs": 10,
+    "min_round_seconds": 0.0,
+    "min_rounds": 2,
+    "max_rounds": 3,
+    "max_seconds": 5.0,
+}
 
 
 def _record(index: int, strategy: Strategy, ok: bool = True) -> CandidateRecord:
@@ -34,7 +43,12 @@ def _err(capsys: pytest.CaptureFixture[str]) -> str:
 
 def _search_dir(path: Path, records: list[CandidateRecord], cache_dir: Path) -> Path:
     path.mkdir()
-    config = {"workload": "digits-resnet", "seed": 0, "cache_dir": str(cache_dir)}
+    config = {
+        "workload": "digits-resnet",
+        "seed": 0,
+        "cache_dir": str(cache_dir),
+        "latency": QUICK_LATENCY,
+    }
     (path / "search.json").write_text(json.dumps({"config": config, "mlflow": {}}))
     (path / "candidates.jsonl").write_text("".join(json.dumps(r.to_dict()) + "\n" for r in records))
     return path
@@ -46,7 +60,13 @@ def test_export_from_a_candidate_run_logs_a_nested_run_and_registers_the_model(
 ) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri)
-    config = {"workload": "digits-resnet", "seed": 0, "threads": 1, "batch_size": 1}
+    config = {
+        "workload": "digits-resnet",
+        "seed": 0,
+        "threads": 1,
+        "batch_size": 1,
+        "latency": QUICK_LATENCY,
+    }
     parent = tracker.start_search("ppo-digits", config, {"name": "digits-resnet"}, {}, tmp_path)
     tracker.log_candidate(_record(0, Strategy()))
     candidate_run = tracker.log_candidate(_record(1, PRUNE))
@@ -63,7 +83,7 @@ def test_export_from_a_candidate_run_logs_a_nested_run_and_registers_the_model(
             "--out",
             str(out),
             "--recovery",
-            "short",
+            "none",
             "--register",
             "digits-small",
             "--json",
@@ -161,13 +181,13 @@ def test_rerank_exports_a_candidate_that_only_recovery_brings_within_the_bound(
         source="test",
     )
     search = _search_dir(tmp_path / "search", [damaged, _record(1, PRUNE)], workload_cache)
-    common = ["--format", "onnx", "--recovery", "short", "--max-drop", "30", "--no-mlflow"]
+    common = ["--format", "onnx", "--max-drop", "30", "--no-mlflow", "--json"]
 
-    assert main(["export", str(search), "--out", str(tmp_path / "a"), *common, "--json"]) == 0
+    plain_args = ["--out", str(tmp_path / "a"), "--recovery", "none"]
+    assert main(["export", str(search), *plain_args, *common]) == 0
     plain = json.loads(capsys.readouterr().out)
-    code = main(
-        ["export", str(search), "--out", str(tmp_path / "b"), *common, "--rerank", "2", "--json"]
-    )
+    rerank_args = ["--out", str(tmp_path / "b"), "--recovery", "short", "--rerank", "2"]
+    code = main(["export", str(search), *rerank_args, *common])
 
     assert code == 0
     reranked = json.loads(capsys.readouterr().out)

@@ -38,7 +38,9 @@ def _pruned(subject: Subject) -> Strategy:
 def _kl(student: torch.nn.Module, teacher: torch.nn.Module, split: DataSplit) -> float:
     with torch.no_grad():
         s, t = student(split.inputs), teacher(split.inputs)
-    return float(F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), "batchmean", log_target=True))
+    return float(
+        F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), reduction="batchmean", log_target=True)
+    )
 
 
 def test_short_recovery_brings_a_heavily_pruned_digits_resnet_back(workload_cache) -> None:
