@@ -17,6 +17,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from runners.metrics import format_count
+
 EXIT_USAGE = 2
 
 
@@ -101,13 +103,6 @@ def _read_strategy(text: str) -> Any:
     return Strategy.load(text)
 
 
-def _fmt_int(n: float) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return f"{n:.0f}"
-
-
 def _console() -> Console:
     """Stdout console; wide when piped (rich would fold tables to 80 columns)."""
     return Console(width=None if sys.stdout.isatty() else 160)
@@ -174,8 +169,8 @@ def cmd_workloads(args: argparse.Namespace) -> int:
             "×".join(map(str, r["input_shape"][1:])) if measured else "-",
             f"{r['accuracy']:.2f}" if measured else "-",
             f"{r['latency_ms']:.3f} ({r['latency_p90_ms']:.3f})" if measured else "-",
-            _fmt_int(r["flops"]) if measured else "-",
-            _fmt_int(r["params"]) if measured else "-",
+            format_count(r["flops"]) if measured else "-",
+            format_count(r["params"]) if measured else "-",
             r["description"],
         )
     _console().print(table)
@@ -224,9 +219,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
             r["name"],
             r["kind"],
             r["shape"],
-            _fmt_int(r["flops"]),
+            format_count(r["flops"]),
             f"{100 * r['flops_share']:.1f}",
-            _fmt_int(r["params"]),
+            format_count(r["params"]),
             f"{100 * r['latency_share']:.1f}",
             actions,
         )
@@ -264,10 +259,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     table.add_row("speedup (measured)", "1.00x", f"{data['speedup']:.2f}x")
     table.add_row("speedup (FLOP-ideal)", "1.00x", f"{data['ideal_speedup']:.2f}x")
-    table.add_row("FLOPs", _fmt_int(data["baseline_flops"]), _fmt_int(data["flops"]))
-    table.add_row("params", _fmt_int(data["baseline_params"]), _fmt_int(data["params"]))
+    table.add_row("FLOPs", format_count(data["baseline_flops"]), format_count(data["flops"]))
+    table.add_row("params", format_count(data["baseline_params"]), format_count(data["params"]))
     table.add_row(
-        "size", _fmt_int(data["baseline_size_bytes"]) + "B", _fmt_int(data["size_bytes"]) + "B"
+        "size",
+        format_count(data["baseline_size_bytes"]) + "B",
+        format_count(data["size_bytes"]) + "B",
     )
     console = _console()
     console.print(table)

@@ -109,11 +109,11 @@ def _param(text: str) -> Any:
     return int(text) if text.lstrip("-").isdigit() else text
 
 
-def choose_candidate(source: SearchSource, which: str, max_drop: float) -> CandidateRecord:
-    """``best``: the fastest candidate within ``max_drop`` points; else the candidate index.
+def successful(source: SearchSource) -> list[CandidateRecord]:
+    """The search's candidates with a finite accuracy and speedup.
 
     Raises:
-        CliError: No successful candidate, none within ``max_drop``, or a bad index.
+        CliError: There is none.
     """
     from agent.cli import CliError
 
@@ -125,6 +125,18 @@ def choose_candidate(source: SearchSource, which: str, max_drop: float) -> Candi
             f"search {source.label} has no successful candidate "
             f"({len(source.records)} evaluated, all failed): nothing to export"
         )
+    return ok
+
+
+def choose_candidate(source: SearchSource, which: str, max_drop: float) -> CandidateRecord:
+    """``best``: the fastest candidate within ``max_drop`` points; else the candidate index.
+
+    Raises:
+        CliError: No successful candidate, none within ``max_drop``, or a bad index.
+    """
+    from agent.cli import CliError
+
+    ok = successful(source)
     if which == "best" and source.default_candidate is not None:
         which = str(source.default_candidate)
     if which == "best":
@@ -199,7 +211,7 @@ def add_command(sub: Any) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from agent.cli import CliError, _console, _print_json, _stderr_progress
-    from runners.export import check_format
+    from runners.export import FORMATS, check_format
     from runners.recovery import recovery_preset
 
     if args.register and args.no_mlflow:
@@ -208,16 +220,20 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise CliError(f"--rerank must be >= 0, got {args.rerank}")
     check_format(args.format)  # no GPU / no TensorRT: fail before loading anything
     source = load_source(args.target, args.tracking_uri)
-    record = choose_candidate(source, args.candidate, args.max_drop if not args.rerank else 1e9)
+    reranking = args.rerank > 0 and args.candidate == "best"
+    record = None if reranking else choose_candidate(source, args.candidate, args.max_drop)
     progress = _stderr_progress(not args.json)
     subject, eval_config = _prepare(source, progress)
     recovery = recovery_preset(args.recovery)
     trace: list[dict[str, float]] = []
-    if args.rerank and args.candidate == "best":
-        record, trace = rerank(
+    baseline = None
+    if record is None:
+        record, trace, baseline = rerank(
             source, subject, eval_config, recovery, args.rerank, args.max_drop, progress
         )
-    exported = _export(source, record, subject, eval_config, args, trace, progress)
+        if FORMATS[args.format] != eval_config.runtime:
+            baseline = None  # measured on another runtime than the format's
+    exported = _export(source, record, subject, eval_config, args, trace, baseline, progress)
     model = None
     if exported.format == "torch":
         from runners.export import load_torch_export
@@ -264,15 +280,15 @@ def rerank(
     k: int,
     max_drop: float,
     progress: Any = None,
-) -> tuple[CandidateRecord, list[dict[str, float]]]:
+) -> tuple[CandidateRecord, list[dict[str, float]], Any]:
     """The fastest of the search's ``k`` fastest Pareto candidates that is within ``max_drop``
     points *after* ``recovery``.
 
     The search ranks candidates by what they measured with its own (cheaper) recovery; a
     candidate that lost too much there may come back with full recovery. Candidates are
     rebuilt and measured fastest first, and the first within ``max_drop`` wins (each costs one
-    build with recovery and one measurement). Returns it and the trace (index, search speedup,
-    recovered accuracy and drop) of every candidate tried.
+    build with recovery and one measurement). Returns it, the trace (index, search speedup,
+    recovered accuracy and drop) of every candidate tried, and the baseline measurement.
 
     Raises:
         CliError: None of the ``k`` is within ``max_drop`` after recovery.
@@ -284,11 +300,12 @@ def rerank(
     from runners.evaluate import measure
     from search_spaces import Strategy
 
-    ok = [r for r in source.records if r.ok and math.isfinite(r.speedup)]
+    ok = successful(source)
     front = [ok[i] for i in pareto_front([(r.accuracy, r.speedup) for r in ok])]
     chosen = sorted(front, key=lambda r: -r.speedup)[:k]
     build_config = _replace(config, build=_replace(config.build, recovery=recovery))
-    baseline = measure(subject, Strategy(), config).accuracy
+    reference = measure(subject, Strategy(), config)
+    baseline = reference.accuracy
     trace: list[dict[str, float]] = []
     for record in chosen:
         if progress is not None:
@@ -303,7 +320,7 @@ def rerank(
             }
         )
         if baseline - accuracy <= max_drop:
-            return record, trace
+            return record, trace, reference
     tried = ", ".join(f"#{t['index']:.0f}: {t['drop']:.2f}" for t in trace)
     raise CliError(
         f"none of the {len(chosen)} fastest Pareto candidates of {source.label} is within "
@@ -346,6 +363,7 @@ def _export(
     eval_config: Any,
     args: argparse.Namespace,
     trace: list[dict[str, float]],
+    baseline: Any,
     progress: Any,
 ) -> Any:
     from runners.export import export_candidate
@@ -358,6 +376,7 @@ def _export(
         args.out,
         config=eval_config,
         recovery=recovery_preset(args.recovery),
+        baseline=baseline,
         source={
             "search": source.label,
             "candidate": record.index,

@@ -31,8 +31,15 @@ from torch import nn
 
 from runners.base import RuntimeUnavailableError
 from runners.build import Subject, build_candidate
-from runners.evaluate import EvalConfig, Measurement, measure_candidate
+from runners.evaluate import (
+    EvalConfig,
+    Measurement,
+    measure,
+    measure_candidate,
+    measurement_dict,
+)
 from runners.latency import cpu_model
+from runners.metrics import format_count
 from runners.recovery import RecoveryConfig
 from search_spaces import Strategy, apply_plan
 
@@ -111,8 +118,8 @@ class ExportedModel:
             "strategy": self.strategy.to_dict(),
             "runtime": self.runtime,
             "summary": self.summary(),
-            "candidate": _measurement_dict(self.candidate),
-            "baseline": _measurement_dict(self.baseline),
+            "candidate": measurement_dict(self.candidate),
+            "baseline": measurement_dict(self.baseline),
             "recovery": asdict(self.recovery),
             "source": self.source,
             "machine": _machine(),
@@ -156,6 +163,7 @@ def export_candidate(
     *,
     config: EvalConfig,
     recovery: RecoveryConfig,
+    baseline: Measurement | None = None,
     source: Mapping[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ExportedModel:
@@ -169,6 +177,8 @@ def export_candidate(
         config: How to measure (threads, latency protocol, BatchNorm re-estimation); the runtime
             is the format's (:data:`FORMATS`).
         recovery: The distillation fine-tune applied before measuring and writing.
+        baseline: The unchanged model's measurement on the format's runtime, when the caller
+            already has it (measured here otherwise).
         source: Provenance recorded in ``export.json``.
         progress: Called with a line per stage.
 
@@ -193,10 +203,9 @@ def export_candidate(
     os.umask(umask)
     staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is a normal directory
     try:
-        say(f"measuring the baseline on {runtime}")
-        with tempfile.TemporaryDirectory(prefix="layerpilot-") as tmp:
-            base = build_candidate(subject, Strategy(), config.build)
-            baseline, _ = measure_candidate(subject, base, config, Path(tmp), label="baseline")
+        if baseline is None:
+            say(f"measuring the baseline on {runtime}")
+            baseline = measure(subject, Strategy(), config)
         say(f"building with {recovery.steps} recovery steps")
         candidate = build_candidate(subject, strategy, config.build)
         say(f"measuring the optimized model on {runtime}")
@@ -293,12 +302,22 @@ def render_report(exported: ExportedModel) -> str:
         ),
         (
             "size",
-            _bytes(b.size_bytes),
-            _bytes(c.size_bytes),
+            format_count(b.size_bytes) + "B",
+            format_count(c.size_bytes) + "B",
             f"{b.size_bytes / max(c.size_bytes, 1):.2f}x",
         ),
-        ("FLOPs", _si(b.flops), _si(c.flops), f"{b.flops / max(c.flops, 1):.2f}x"),
-        ("params", _si(b.params), _si(c.params), f"{b.params / max(c.params, 1):.2f}x"),
+        (
+            "FLOPs",
+            format_count(b.flops),
+            format_count(c.flops),
+            f"{b.flops / max(c.flops, 1):.2f}x",
+        ),
+        (
+            "params",
+            format_count(b.params),
+            format_count(c.params),
+            f"{b.params / max(c.params, 1):.2f}x",
+        ),
     ]
     if c.latency.inputs:
         rows.insert(
@@ -349,12 +368,6 @@ def _recovery_line(r: RecoveryConfig) -> str:
     )
 
 
-def _measurement_dict(m: Measurement) -> dict[str, Any]:
-    data = asdict(m)
-    data["latency"] = m.latency.to_dict()
-    return data
-
-
 def _machine() -> dict[str, Any]:
     return {
         "machine": platform.machine(),
@@ -363,18 +376,3 @@ def _machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
-
-
-def _si(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return f"{n:.0f}"

@@ -82,3 +82,11 @@ def flops_by_module(model: nn.Module, example_input: torch.Tensor) -> dict[str, 
 def count_params(model: nn.Module) -> int:
     """Number of parameters (shared parameters counted once)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def format_count(n: float) -> str:
+    """A count for people: ``323.55M``, ``1.08M``, ``512``."""
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
