@@ -6,7 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from envs.workloads import DataSplit, Workload
 from envs.workloads.digits import BasicBlock  # the same block the built-in ResNet uses
+from runners.build import Subject
+from runners.latency import LatencyConfig
 
 
 class TinyResNet(nn.Module):
@@ -171,3 +174,31 @@ def make_model(name: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
     model = _randomize_bn(ctor(), seed).eval()
     example = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1))
     return model, example
+
+
+QUICK_LATENCY = LatencyConfig(
+    warmup=2,
+    warmup_seconds=0,
+    round_runs=8,
+    min_round_seconds=0,
+    min_rounds=2,
+    max_rounds=3,
+    max_seconds=5,
+    inputs=8,
+)
+"""A timing protocol for tests that need a latency, not a trustworthy one."""
+
+
+def self_labelled_subject(name: str, samples: int, train: int) -> Subject:
+    """``name`` from :data:`TEST_MODELS` as a workload labelled by its own predictions.
+
+    ``samples`` random inputs; the first ``train`` are the train split, the rest the eval split.
+    """
+    model, x = make_model(name)
+    g = torch.Generator().manual_seed(0)
+    inputs = torch.randn(samples, *x.shape[1:], generator=g)
+    with torch.no_grad():
+        targets = model(inputs).argmax(1)
+    split = DataSplit(inputs, targets)
+    held_out = DataSplit(inputs[train:], targets[train:])
+    return Subject.prepare(Workload(f"tiny-{name}", model, x, split.head(train), held_out))

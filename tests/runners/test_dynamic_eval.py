@@ -19,24 +19,14 @@ from runners.build import BuildConfig, Subject, build_candidate
 from runners.evaluate import EvalConfig, evaluate
 from runners.gate_training import GateTrainConfig
 from runners.job import Outcome
-from runners.latency import LatencyConfig
 from search_spaces import Strategy
 from search_spaces.dynamic import DynamicSkipModel
 from search_spaces.space import DecisionSpace
 
-from models import make_model
+from models import QUICK_LATENCY, make_model
 
 FAST = EvalConfig(
-    latency=LatencyConfig(
-        warmup=2,
-        warmup_seconds=0,
-        round_runs=8,
-        min_round_seconds=0,
-        min_rounds=2,
-        max_rounds=3,
-        max_seconds=5,
-        inputs=8,
-    ),
+    latency=QUICK_LATENCY,
     build=BuildConfig(
         bn_batches=1, gates=GateTrainConfig(warm_inputs=32, warm_epochs=4, reinforce_steps=4)
     ),

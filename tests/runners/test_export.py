@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 
-from envs.workloads import DataSplit, Workload
+from envs.workloads import DataSplit
 from runners import get_runtime
 from runners.base import RuntimeUnavailableError
 from runners.build import BuildConfig, Subject
@@ -22,40 +22,20 @@ from runners.export import (
     int8_everywhere,
     load_torch_export,
 )
-from runners.latency import LatencyConfig
 from runners.onnxruntime import _open_session
 from runners.recovery import RecoveryConfig
 from search_spaces import Strategy
 from search_spaces.errors import StrategyError
 
-from models import make_model
+from models import QUICK_LATENCY, self_labelled_subject
 
-FAST = EvalConfig(
-    latency=LatencyConfig(
-        warmup=2,
-        warmup_seconds=0,
-        round_runs=8,
-        min_round_seconds=0,
-        min_rounds=2,
-        max_rounds=3,
-        max_seconds=5,
-    ),
-    build=BuildConfig(bn_batches=1),
-)
+FAST = EvalConfig(latency=QUICK_LATENCY, build=BuildConfig(bn_batches=1))
 RECOVERY = RecoveryConfig(steps=4, batch_size=32)
 
 
 @pytest.fixture(scope="module")
 def subject() -> Subject:
-    model, x = make_model("resnet")
-    g = torch.Generator().manual_seed(0)
-    inputs = torch.randn(160, *x.shape[1:], generator=g)
-    with torch.no_grad():
-        targets = model(inputs).argmax(1)
-    split = DataSplit(inputs, targets)
-    return Subject.prepare(
-        Workload("tiny-resnet", model, x, split.head(128), DataSplit(inputs[96:], targets[96:]))
-    )
+    return self_labelled_subject("resnet", samples=160, train=128)
 
 
 @pytest.fixture(scope="module")

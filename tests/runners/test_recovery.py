@@ -7,28 +7,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from envs.workloads import DataSplit, Workload
+from envs.workloads import DataSplit
 from runners.build import BuildConfig, Subject, build_candidate
 from runners.evaluate import EvalConfig
 from runners.job import EvalSpec
 from runners.recovery import RECOVERY_PRESETS, RecoveryConfig, distill, recovery_preset
 from search_spaces import Strategy
 
-from models import make_model
+from models import self_labelled_subject
 
 
 @pytest.fixture(scope="module")
 def subject() -> Subject:
     """A random-init tiny ResNet as the teacher (mechanics only: it predicts one class)."""
-    model, x = make_model("resnet")
-    g = torch.Generator().manual_seed(0)
-    inputs = torch.randn(320, *x.shape[1:], generator=g)
-    with torch.no_grad():
-        targets = model(inputs).argmax(1)
-    split = DataSplit(inputs, targets)
-    return Subject.prepare(
-        Workload("tiny-resnet", model, x, split.head(256), DataSplit(inputs[256:], targets[256:]))
-    )
+    return self_labelled_subject("resnet", samples=320, train=256)
 
 
 def _pruned(subject: Subject) -> Strategy:
