@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import numpy as np
@@ -135,8 +136,20 @@ class TPEAgent(_Baseline):
         self._pending.setdefault(strategy.key(), trial_id)
         return Proposal(strategy, {"trial": trial_id})
 
+    def restore(self, records: list[CandidateRecord]) -> None:
+        """Resume: give TPE every earlier candidate as an evaluated point."""
+        for record in records:
+            try:
+                params = self.space.to_parameters(record.strategy)
+            except ValueError:  # not expressible in this space (a cache hit from elsewhere)
+                continue
+            self._searcher.add_evaluated_point(
+                params, record.reward, error=not math.isfinite(record.reward)
+            )
+        self._count = len(records)
+
     def tell(self, record: CandidateRecord) -> None:
-        trial_id = record.extras.get("trial") or self._pending.get(record.strategy.key())
-        self._pending.pop(record.strategy.key(), None)
+        # the live trial that proposed this strategy (a record from before a resume has none)
+        trial_id = self._pending.pop(record.strategy.key(), None)
         if trial_id is not None:
             self._searcher.on_trial_complete(trial_id, {"reward": record.reward})

@@ -54,7 +54,28 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///./mlflow.db)")
     p.add_argument("--experiment", help="MLflow experiment name (default layerpilot)")
     p.add_argument("--executor", choices=("local", "ray"), help="where candidates are measured")
-    p.add_argument("--address", help="join this Ray cluster (measures on its nodes)")
+    p.add_argument(
+        "--address",
+        help="join this Ray cluster (auto, HOST:PORT or ray://HOST:PORT); candidates are "
+        "measured on all its nodes. Without it a local Ray instance starts when needed",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="evaluation workers per machine / Ray node (default 1); their timings take turns",
+    )
+    p.add_argument(
+        "--measure",
+        choices=("latency", "flops"),
+        help="latency: time every candidate (default); flops: latency-free, speed from FLOPs",
+    )
+    p.add_argument(
+        "--resume",
+        type=Path,
+        metavar="DIR",
+        help="continue the killed or interrupted search in DIR (its config; --budget may raise "
+        "its budget, --address/--workers/--timeout may change where it runs)",
+    )
     p.add_argument("--timeout", type=float, help="per-candidate timeout in seconds (300)")
     p.add_argument("--no-probes", action="store_true", help="ppo: skip the measured cost table")
     p.add_argument("--no-log-model", action="store_true", help="do not log the best model")
@@ -73,12 +94,49 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_ui)
 
 
+#: Flags that may change where and how long a resumed search runs (the rest is its config).
+RESUME_FLAGS = ("budget", "address", "workers", "timeout", "executor")
+
+
+def resume_config(args: argparse.Namespace) -> Any:
+    """The config of the search in ``--resume DIR``, with the flags `RESUME_FLAGS` allows."""
+    from agent.cli import CliError
+    from agent.config import ConfigError
+    from agent.search import ResumeError, resume_state
+
+    ignored = {"resume", "json", "func", "command", *RESUME_FLAGS}
+    given = sorted(
+        f"--{k.replace('_', '-')}"
+        for k, v in vars(args).items()
+        if k not in ignored and v not in (None, False)
+    )
+    if given:
+        raise CliError(
+            f"--resume continues a search with its own config; {', '.join(given)} cannot change "
+            f"it (allowed: {', '.join('--' + f for f in RESUME_FLAGS)})"
+        )
+    try:
+        config, _ = resume_state(args.resume)
+        executor = args.executor or ("ray" if args.address else None)
+        return config.with_overrides(
+            budget=args.budget,
+            address=args.address,
+            executor=executor,
+            workers=args.workers,
+            timeout_s=args.timeout,
+        )
+    except (ResumeError, ConfigError) as exc:
+        raise CliError(str(exc)) from None
+
+
 def search_config(args: argparse.Namespace) -> Any:
     """The `SearchConfig` of the flags over the ``--config`` file over the defaults."""
     from agent.cli import CliError
     from agent.config import ConfigError, SearchConfig, load_config
     from envs.reward import RewardConfig, RewardError
 
+    if args.resume is not None:
+        return resume_config(args)
     try:
         base = load_config(args.config) if args.config else SearchConfig()
         if args.workload or args.model:
@@ -114,6 +172,8 @@ def search_config(args: argparse.Namespace) -> Any:
             experiment=args.experiment,
             executor=executor,
             address=args.address,
+            workers=args.workers,
+            measure=args.measure,
             timeout_s=args.timeout,
             probes=False if args.no_probes else None,
             log_model=False if args.no_log_model else None,
@@ -160,7 +220,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                 detail=p.detail,
             )
 
-        result = run_search(config, show)
+        result = run_search(config, show, resume=args.resume is not None)
     summary = {**result.summary, "out": str(result.out), "parent_run_id": result.parent_run_id}
     if args.json:
         _print_json(summary)

@@ -13,6 +13,7 @@ from envs.reward import RewardConfig
 from runners.latency import LatencyConfig
 
 AGENTS = ("ppo", "random", "uniform", "tpe")
+MEASURES = ("latency", "flops")
 SEARCH_RECOVERY = ("none", "short")
 
 
@@ -70,6 +71,12 @@ class SearchConfig:
     """``local``: one measurement subprocess; ``ray``: one evaluator per Ray node."""
     address: str | None = None
     """Ray cluster address to join (implies ``executor = "ray"``)."""
+    workers: int = 1
+    """Evaluation workers per machine (per Ray node with ``executor = "ray"``). They build and
+    score candidates in parallel; their timings take turns under the host's measurement lock."""
+    measure: str = "latency"
+    """``latency``: time every candidate on the runtime. ``flops``: latency-free: accuracy is
+    measured, speed is the FLOP-ideal speedup (fast, parallel; a proxy, not a timing)."""
     timeout_s: float = 300.0
     """Per-candidate evaluation timeout (the candidate is recorded as failed)."""
     probes: bool = True
@@ -105,6 +112,10 @@ class SearchConfig:
             raise ConfigError("threads and batch_size must be >= 1, bn_batches >= 0")
         if not self.timeout_s > 0:
             raise ConfigError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if self.workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {self.workers}")
+        if self.measure not in MEASURES:
+            raise ConfigError(f"measure must be one of {', '.join(MEASURES)}, got {self.measure!r}")
         if self.executor not in ("local", "ray"):
             raise ConfigError(f"executor must be 'local' or 'ray', got {self.executor!r}")
 

@@ -20,6 +20,8 @@ Every reported figure is a real measurement; the surrogate only steers.
 from __future__ import annotations
 
 import math
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -270,14 +272,36 @@ class PPOAgent:
         return False
 
     def save_checkpoint(self) -> Path:
+        """Save the algorithm under ``checkpoint_dir/iter-NNNNN`` (written aside, then renamed,
+        so a kill mid-save leaves the previous checkpoint as the latest)."""
         assert self.checkpoint_dir is not None
         path = self.checkpoint_dir / f"iter-{self.iterations:05d}"
-        self.algo.save_to_path(str(path.resolve()))
+        staging = self.checkpoint_dir / f".iter-{self.iterations:05d}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        self.algo.save_to_path(str(staging.resolve()))
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(staging, path)
         self.last_checkpoint = path
         return path
 
+    def restore(self, records: list[CandidateRecord]) -> None:
+        """Resume: load the latest checkpoint (if any was saved), then learn every record."""
+        latest = latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir else None
+        if latest is not None:
+            self.algo.restore_from_path(str(latest.resolve()))
+            self.iterations = int(latest.name.split("-")[1])
+            self.last_checkpoint = latest
+        for record in records:
+            self.tell(record)
+
     def close(self) -> None:
         self.algo.stop()
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The newest complete ``iter-NNNNN`` checkpoint in ``directory``."""
+    done = sorted(directory.glob("iter-[0-9]*")) if directory.is_dir() else []
+    return done[-1] if done else None
 
 
 def _front(results: list[tuple[Strategy, float, float]]) -> list[Strategy]:

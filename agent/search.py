@@ -12,6 +12,13 @@ Search directory (``SearchConfig.out``)::
     checkpoints/       RLlib checkpoints (ppo)
     best_strategy.json the best candidate's strategy
     report/            report.md + pareto.png
+
+Ctrl-C (or SIGTERM) while candidates are landing is deferred to the end of the current step, so
+it never cuts a record, a cache line or an MLflow write in half; a second one stops at once.
+A search that was killed outright (SIGKILL, a crash, a lost machine) resumes with
+``resume=True`` (`resume_state`): its records are read back, measured outcomes that had not
+landed yet come from its cache, the agent is restored (PPO from its last checkpoint, then told
+every record), and new candidates join the same MLflow parent run until the budget is spent.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ import dataclasses
 import json
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -99,6 +108,7 @@ def eval_spec(config: SearchConfig) -> EvalSpec:
             threads=config.threads,
             latency=dataclasses.replace(config.latency, batch_size=config.batch_size),
             build=build_config(config),
+            time_latency=config.measure == "latency",
         ),
     )
 
@@ -132,6 +142,8 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _init_ray(config: SearchConfig) -> None:
+    """Join ``config.address``, or start the embedded local instance on loopback only (no
+    dashboard). Ray's token authentication is left as Ray sets it (on by default)."""
     import ray
 
     if ray.is_initialized():
@@ -139,31 +151,118 @@ def _init_ray(config: SearchConfig) -> None:
     if config.address:
         ray.init(address=config.address, log_to_driver=False)
     else:
-        ray.init(num_cpus=max(2, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+        ray.init(
+            num_cpus=max(2, os.cpu_count() or 1),
+            include_dashboard=False,
+            log_to_driver=False,
+            _node_ip_address="127.0.0.1",
+        )
 
 
-def _split_cpus(config: SearchConfig) -> list[int] | None:
-    """Measurement worker gets the last ``threads`` cores, the driver the rest (if any)."""
+def _placement(config: SearchConfig) -> tuple[list[int] | None, list[int] | None]:
+    """Cores of the local workers: (where they run, where they time); the driver keeps the
+    cores they do not run on.
+
+    One worker runs on the last ``threads`` cores. Several workers build on the other cores and
+    move onto the last ``threads`` ones only to time (one at a time: `runners.measure_lock`).
+    Latency-free (``measure = "flops"``) workers are not pinned.
+    """
     if not hasattr(os, "sched_getaffinity"):
-        return None
+        return None, None
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) <= config.threads:
-        return None
-    worker = cpus[-config.threads :]
-    os.sched_setaffinity(0, set(cpus[: -config.threads]))
-    return worker
+        return None, None
+    timing, rest = cpus[-config.threads :], cpus[: -config.threads]
+    if config.workers == 1:
+        os.sched_setaffinity(0, set(rest))
+        return timing, None
+    if config.measure == "flops":
+        return None, None
+    os.sched_setaffinity(0, set(rest))
+    return rest, timing
+
+
+class _Interrupts:
+    """Ctrl-C and SIGTERM, deferred while `defer` is set: the first sets `requested` (the loop
+    stops at its next `check`); a second one, or one while not deferring, interrupts at once."""
+
+    def __init__(self) -> None:
+        self.defer = False
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals only reach the main thread; elsewhere Ctrl-C is the caller's
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested or not self.defer:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+class ResumeError(ValueError):
+    """A search directory that cannot be resumed (the message says why)."""
+
+
+def resume_state(out: Path) -> tuple[SearchConfig, dict[str, Any]]:
+    """The config and state of the search in ``out``, for ``run_search(..., resume=True)``."""
+    from agent.config import ConfigError, config_from_dict
+
+    path = Path(out) / "search.json"
+    if not path.is_file():
+        raise ResumeError(f"cannot resume {out}: not a search directory (no search.json in it)")
+    try:
+        state = json.loads(path.read_text())
+        config = config_from_dict(state["config"]).with_overrides(out=Path(out))
+    except (ValueError, KeyError, TypeError, ConfigError) as exc:
+        raise ResumeError(f"cannot resume {out}: {path} is unreadable ({exc})") from None
+    if not (state.get("mlflow") or {}).get("parent_run_id"):
+        raise ResumeError(
+            f"cannot resume {out}: it stopped before its MLflow run was created, so nothing was "
+            "evaluated; start the search again"
+        )
+    return config, state
+
+
+def _trim_torn_line(path: Path) -> None:
+    """Cut a last line that a kill left half-written, so appends start on a fresh line."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    keep = data.rfind(b"\n") + 1
+    if keep < len(data):
+        with path.open("r+b") as f:
+            f.truncate(keep)
 
 
 def run_search(
-    config: SearchConfig, on_progress: Callable[[SearchProgress], None] | None = None
+    config: SearchConfig,
+    on_progress: Callable[[SearchProgress], None] | None = None,
+    *,
+    resume: bool = False,
 ) -> SearchResult:
     """Run one search to its budget (or Ctrl-C) and return what it found.
 
     Everything measured is on disk and in MLflow as soon as it lands; an interrupted search
-    returns with ``interrupted=True`` after writing its report.
+    returns with ``interrupted=True`` after writing its report. With ``resume=True`` the search in
+    ``config.out`` (see `resume_state`) continues: nothing it evaluated is measured again, and
+    its budget counts the candidates it already has.
     """
     import torch
 
+    from agent.report import load_records
     from agent.tracking import Tracker
     from runners import get_runtime
     from runners.build import Subject
@@ -176,12 +275,28 @@ def run_search(
     t0 = time.perf_counter()
     spec = eval_spec(config)
     progress = SearchProgress("starting", 0, config.budget)
+    interrupts = _Interrupts()
 
     def emit(phase: str, detail: str = "") -> None:
+        interrupts.check()
         progress.phase, progress.detail = phase, detail
         progress.elapsed = time.perf_counter() - t0
         if on_progress is not None:
             on_progress(progress)
+
+    records: list[CandidateRecord] = []
+    if resume:
+        if config.out is None:
+            raise ResumeError("resume needs the search directory (config.out)")
+        out = config.out
+        _, state = resume_state(out)
+        _trim_torn_line(out / "candidates.jsonl")
+        records = load_records(out)
+        state.update(status="RUNNING", config=config.to_dict())
+        state.setdefault("resumed", []).append(datetime.now().isoformat(timespec="seconds"))
+    else:
+        out = config.out or default_out_dir(config)
+        state = {"config": config.to_dict(), "status": "RUNNING", "mlflow": None}
 
     emit("loading workload")
     torch.set_num_threads(1)
@@ -190,52 +305,60 @@ def run_search(
     runtime = get_runtime(config.runtime, threads=config.threads)
     space = DecisionSpace(subject.units, actions=config.actions, precisions=runtime.precisions)
 
-    out = config.out or default_out_dir(config)
     out.mkdir(parents=True, exist_ok=True)
-    state: dict[str, Any] = {"config": config.to_dict(), "status": "RUNNING", "mlflow": None}
     _write_json(out / "search.json", state)
     if config.agent in ("ppo", "tpe") or config.executor == "ray" or config.address:
         _init_ray(config)
 
     emit("starting executor", "measuring the baseline")
     executor = _make_executor(config, spec)
-    records: list[CandidateRecord] = []
     run_ids: dict[int, str] = {}
     tracker = None
     agent: Agent | None = None
-    interrupted = False
+    log = None
     status = "FINISHED"
+    interrupts.install()
     try:
-        baseline = baseline_summary(executor.start())
+        measured_baseline = baseline_summary(executor.start())
         cache = CandidateCache(config.cache or out / "cache.jsonl", spec.cache_scope())
         tracker = Tracker(config.tracking_uri, config.experiment, workdir=Path.cwd())
-        workload_info = {
-            "name": subject.workload.name,
-            "units": len(subject.units),
-            "steps": len(space),
-            "actions": ",".join(space.action_names),
-        }
+        interrupts.defer = True  # from here on a signal waits for the current write to end
         with timer.time("tracking"):
-            parent = tracker.start_search(
-                out.name, config.to_dict(), workload_info, baseline, out.resolve()
-            )
-        state["mlflow"] = {
-            "tracking_uri": tracker.tracking_uri,
-            "experiment_id": tracker.experiment_id,
-            "parent_run_id": parent,
-        }
-        state["baseline"] = baseline
+            if resume:
+                run_ids = tracker.resume_search(state["mlflow"]["parent_run_id"], records)
+            else:
+                workload_info = {
+                    "name": subject.workload.name,
+                    "units": len(subject.units),
+                    "steps": len(space),
+                    "actions": ",".join(space.action_names),
+                }
+                parent = tracker.start_search(
+                    out.name, config.to_dict(), workload_info, measured_baseline, out.resolve()
+                )
+                state["mlflow"] = {
+                    "tracking_uri": tracker.tracking_uri,
+                    "experiment_id": tracker.experiment_id,
+                    "parent_run_id": parent,
+                }
+                state["baseline"] = measured_baseline
         _write_json(out / "search.json", state)
         timer.add("startup", time.perf_counter() - t0)
 
         with timer.time("agent_setup"):
             agent = _make_agent(config, space, executor, spec, out, emit, timer)
+            _restore_agent(agent, records)
 
-        by_key: dict[str, CandidateRecord] = {}
+        by_key: dict[str, CandidateRecord] = {r.strategy.key(): r for r in records}
         in_flight: dict[str, Proposal] = {}
         lookahead = executor.slots + 1
         stall = 0
         log = (out / "candidates.jsonl").open("a")
+        for record in records:
+            progress.failed += not record.ok
+            progress.best_reward = max(progress.best_reward, record.reward)
+            _note_best(progress, record)
+        progress.evaluated = len(records)
 
         def land(outcome: Outcome, proposal: Proposal, cached: bool) -> None:
             result = outcome.result if outcome.ok else None
@@ -249,6 +372,7 @@ def run_search(
             )
             records.append(record)
             by_key[record.strategy.key()] = record
+            assert log is not None
             log.write(json.dumps(record.to_dict(), default=str) + "\n")
             log.flush()
             os.fsync(log.fileno())
@@ -261,17 +385,21 @@ def run_search(
             progress.evaluated = len(records)
             progress.failed += not record.ok
             progress.best_reward = max(progress.best_reward, record.reward)
-            if record.ok and record.accuracy_drop <= 1.0:
-                best = progress.best_speedup_1pt
-                progress.best_speedup_1pt = (
-                    record.speedup if math.isnan(best) else max(best, record.speedup)
-                )
+            _note_best(progress, record)
             if not cached:
                 timer.add("eval", outcome.eval_seconds)
             emit("searching")
 
+        if resume and config.cache is None:
+            # measured before the kill, but killed before they landed: land them now
+            for outcome in cache.outcomes():
+                key = outcome.strategy.key()
+                if key not in by_key and len(records) < config.budget:
+                    land(outcome, Proposal(outcome.strategy, {"origin": "resumed"}), cached=False)
+
         emit("searching")
         while True:
+            interrupts.check()
             room = config.budget - len(records) - len(in_flight)
             while room > 0 and len(in_flight) < lookahead and not agent.exhausted:
                 with timer.time("agent"):
@@ -314,21 +442,24 @@ def run_search(
                 proposal = in_flight.pop(outcome.strategy.key())
                 cache.put(outcome)
                 land(outcome, proposal, cached=False)
-        log.close()
     except KeyboardInterrupt:
-        interrupted, status = True, "KILLED"
+        status = "KILLED"
     except BaseException:
         status = "FAILED"
         raise
     finally:
+        interrupts.restore()
+        if log is not None:
+            log.close()
         executor.close()
         wall = time.perf_counter() - t0
         summary = summarize(records, baseline_accuracy_of(state), timer.totals, wall)
         if agent is not None:
             summary["agent_iterations"] = getattr(agent, "iterations", 0)
-        state.update(status=status, summary=summary, runs={str(k): v for k, v in run_ids.items()})
+        runs = {**state.get("runs", {}), **{str(k): v for k, v in run_ids.items()}}
+        state.update(status=status, summary=summary, runs=runs)
         _write_json(out / "search.json", state)
-        if tracker is not None and state.get("mlflow"):
+        if tracker is not None and tracker.parent_run_id is not None:
             finish(tracker, config, subject, records, run_ids, summary, status, out, state)
         if agent is not None:
             agent.close()
@@ -337,9 +468,27 @@ def run_search(
         records,
         summary,
         (state.get("mlflow") or {}).get("parent_run_id"),
-        interrupted,
+        status == "KILLED",
         dict(timer.totals),
     )
+
+
+def _note_best(progress: SearchProgress, record: CandidateRecord) -> None:
+    if record.ok and record.accuracy_drop <= 1.0:
+        best = progress.best_speedup_1pt
+        progress.best_speedup_1pt = (
+            record.speedup if math.isnan(best) else max(best, record.speedup)
+        )
+
+
+def _restore_agent(agent: Agent, records: list[CandidateRecord]) -> None:
+    """Bring a fresh agent up to date with a resumed search's records."""
+    restore = getattr(agent, "restore", None)
+    if restore is not None:
+        restore(records)
+    else:
+        for record in records:
+            agent.tell(record)
 
 
 def _make_executor(config: SearchConfig, spec: EvalSpec) -> Any:
@@ -347,8 +496,13 @@ def _make_executor(config: SearchConfig, spec: EvalSpec) -> Any:
     from runners.ray_executor import RayExecutor
 
     if config.executor == "ray" or config.address:
-        return RayExecutor(spec, timeout_s=config.timeout_s, cpus_per_worker=config.threads)
-    return LocalExecutor(spec, timeout_s=config.timeout_s, cpus=_split_cpus(config))
+        return RayExecutor(
+            spec, timeout_s=config.timeout_s, cpus_per_worker=config.threads, workers=config.workers
+        )
+    cpus, timing = _placement(config)
+    return LocalExecutor(
+        spec, timeout_s=config.timeout_s, cpus=cpus, workers=config.workers, measure_cpus=timing
+    )
 
 
 def _make_agent(

@@ -31,7 +31,7 @@ import platform
 import posixpath
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -312,6 +312,8 @@ class Tracker:
         }
         if outcome.worker:
             tags["layerpilot.worker"] = outcome.worker
+        if outcome.node:
+            tags["layerpilot.node"] = outcome.node
         if outcome.error:
             tags[ERROR_TAG] = _truncate(outcome.error, _MAX_TAG_VALUE)
         run = self.client.create_run(
@@ -335,6 +337,32 @@ class Tracker:
         self.client.log_text(run_id, outcome.strategy.to_json(), STRATEGY_ARTIFACT)
         self.client.set_terminated(run_id, "FINISHED" if record.ok else "FAILED", end_time=end)
         return run_id
+
+    def resume_search(
+        self, parent_run_id: str, records: Sequence[CandidateRecord]
+    ) -> dict[int, str]:
+        """Reopen a killed search's parent run and make its candidate runs match ``records``.
+
+        A candidate whose run is missing, or was cut off before it ended (still RUNNING), is
+        logged again (the cut-off run is deleted). Returns ``{record index: run id}``.
+        """
+        self.client.update_run(parent_run_id, status="RUNNING")
+        self.parent_run_id = parent_run_id
+        complete: dict[int, str] = {}
+        for run in load_search_runs(self.tracking_uri, parent_run_id, with_strategy=False):
+            if run["tags"].get("layerpilot.kind") != "candidate":
+                continue
+            index = _int_or(run["tags"].get("layerpilot.index"), -1)
+            if run["status"] in ("FINISHED", "FAILED") and index not in complete:
+                complete[index] = run["run_id"]
+                if run["tags"].get(PARETO_TAG) == "true":
+                    self._pareto.add(run["run_id"])
+            else:  # cut off mid-write by the kill, or a duplicate
+                self.client.delete_run(run["run_id"])
+        return {
+            record.index: complete.get(record.index) or self.log_candidate(record)
+            for record in records
+        }
 
     def mark_pareto(self, run_ids: list[str]) -> None:
         """Tag exactly these candidate runs ``pareto=true``, removing earlier marks not in it."""

@@ -26,6 +26,7 @@ from runners.base import (
 from runners.build import BuildConfig, Subject, build_candidate
 from runners.gate_training import gate_statistics
 from runners.latency import LatencyConfig, LatencyStats, measure_compiled, measure_over_inputs
+from runners.measure_lock import exclusive_measurement
 from search_spaces import Strategy
 from search_spaces.dynamic import find_dynamic
 
@@ -51,6 +52,10 @@ class EvalConfig:
     """How candidates are built (BatchNorm re-estimation, calibration size)."""
     eval_batch_size: int = 256
     """Batch size for the accuracy pass over the eval split (does not affect latency)."""
+    time_latency: bool = True
+    """Time every candidate on the runtime. False is the latency-free mode: accuracy is still
+    measured on the runtime, but speed is the FLOP-ideal speedup and nothing is timed, so
+    evaluations need no quiet core and can run in parallel."""
 
     def __post_init__(self) -> None:
         if self.threads < 1:
@@ -86,6 +91,9 @@ class EvalResult:
 
     @property
     def speedup(self) -> float:
+        """Measured speedup; the FLOP-ideal one when latency was not timed."""
+        if not (self.candidate.latency.timed and self.baseline.latency.timed):
+            return self.ideal_speedup
         return self.baseline.latency.expected_ms / self.candidate.latency.expected_ms
 
     @property
@@ -111,6 +119,7 @@ class EvalResult:
             "baseline_latency_ms": b.latency.expected_ms,
             "baseline_latency_p90_ms": b.latency.p90_ms,
             "speedup": self.speedup,
+            "speedup_source": "latency" if c.latency.timed else "flops",
             "ideal_speedup": self.ideal_speedup,
             "realization": self.speedup / self.ideal_speedup,
             "flops": c.flops,
@@ -174,11 +183,16 @@ def measure_candidate(
     accuracy = float(subject.workload.metric(outputs, subject.workload.eval.targets.numpy()))
     if not math.isfinite(accuracy):
         raise EvaluationError(f"strategy {label}: metric is {accuracy}")
-    if candidate.input_dependent:
-        samples = subject.workload.eval.inputs[: config.latency.inputs]
-        latency = measure_over_inputs(compiled, samples, config.latency)
+    lock_wait = 0.0
+    if not config.time_latency:
+        latency = LatencyStats.not_timed()
     else:
-        latency = measure_compiled(compiled, candidate.example_input, config.latency)
+        with exclusive_measurement() as lock_wait:
+            if candidate.input_dependent:
+                samples = subject.workload.eval.inputs[: config.latency.inputs]
+                latency = measure_over_inputs(compiled, samples, config.latency)
+            else:
+                latency = measure_compiled(compiled, candidate.example_input, config.latency)
     dynamic = find_dynamic(candidate.model)
     if dynamic is not None:
         # decisions of the deployed (thresholded) controller over the whole eval split
@@ -201,6 +215,7 @@ def measure_candidate(
         **compiled.info,
         **candidate.notes,
         "batch_size": config.latency.batch_size,
+        "measure_lock_wait_s": round(lock_wait, 4),
         "machine": platform.machine(),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -3,9 +3,13 @@
 
 Both executors keep persistent workers. A worker prepares the `Subject` once, measures its own
 baseline once (a speedup compares two latencies taken on the same machine), then evaluates one
-strategy at a time, so no two of our latency measurements ever share a machine. Whatever goes
-wrong in an evaluation (a build error, NaN outputs, a timeout, a segfault) comes back as a failed
-`Outcome`; a worker that hung or died is replaced and the search goes on.
+strategy at a time. Several workers may share a machine (``workers`` per executor or per Ray
+node): they build and score candidates in parallel, and their timed sections take turns under
+the host's measurement lock (`runners.measure_lock`), so no two of our latency measurements
+ever overlap on one machine. Whatever goes wrong in an evaluation (a build error, NaN outputs,
+a timeout, a segfault) comes back as a failed `Outcome`. A worker that hung or died is
+replaced and the search goes on; the candidate a worker died on is retried once on another
+worker (``max_retries``) before it is recorded as failed.
 
 Strategies and outcomes cross process boundaries as their JSON dicts.
 
@@ -71,6 +75,7 @@ class Evaluator:
     def __init__(self, spec: EvalSpec) -> None:
         self.spec = spec
         self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.node = _ray_node_id()
         self._subject: Any = None
         self._baseline: Any = None
 
@@ -91,7 +96,7 @@ class Evaluator:
         from runners.evaluate import evaluate
 
         start = time.perf_counter()
-        outcome: dict[str, Any] = {"strategy": strategy, "worker": self.name}
+        outcome: dict[str, Any] = {"strategy": strategy, "worker": self.name, "node": self.node}
         try:
             parsed = Strategy.from_dict(strategy)
             result = evaluate(self._subject, parsed, self.spec.eval, baseline=self._baseline)
@@ -102,10 +107,23 @@ class Evaluator:
         return outcome
 
 
+def _ray_node_id() -> str:
+    """The Ray node this process runs on, when it is a Ray worker ("" otherwise)."""
+    import sys
+
+    if "ray" not in sys.modules:
+        return ""
+    import ray
+
+    return str(ray.get_runtime_context().get_node_id()) if ray.is_initialized() else ""
+
+
 @dataclass
 class _Job:
     strategy: Strategy
     timeout_s: float
+    attempts: int = 0
+    """Workers that died while running it."""
 
 
 @dataclass
@@ -128,6 +146,10 @@ class _Slot:
     """``host:pid`` of the worker."""
     ref: Any = None
     """Ray: the call in flight (setup or evaluate)."""
+    node: str = ""
+    """Ray: the node the slot's actors are pinned to."""
+    retired: bool = False
+    """The slot's machine is gone (a dead Ray node): never started again."""
 
 
 #: What a worker reports: (slot, "ready" | "start_failed" | "outcome" | "died", payload).
@@ -145,6 +167,9 @@ class _SlotExecutor:
     prefetch = False
     """Send each worker its next job while it runs the current one, so it never idles waiting
     for the driver to poll (the driver may be busy training between polls)."""
+
+    max_retries = 1
+    """Times a candidate whose worker died under it is run again on another worker."""
 
     def __init__(self, spec: EvalSpec, timeout_s: float) -> None:
         if timeout_s <= 0:
@@ -211,8 +236,8 @@ class _SlotExecutor:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _start_slots(self, count: int) -> dict[str, Any]:
-        self._slots = [_Slot() for _ in range(count)]
+    def _start_slots(self, slots: list[_Slot]) -> dict[str, Any]:
+        self._slots = slots
         for slot in self._slots:
             self._restart(slot)
         while not all(s.ready for s in self._slots):
@@ -226,8 +251,22 @@ class _SlotExecutor:
         if slot.handle is not None:
             self._kill(slot)
         slot.handle, slot.ready, slot.ref, slot.worker = None, False, None, ""
+        slot.deadline = math.inf
+        if self._retire(slot):
+            slot.retired = True
+            self._fail_if_no_workers()
+            return
         slot.deadline = time.monotonic() + self.timeout_s
         self._spawn(slot)
+
+    def _retire(self, slot: _Slot) -> bool:
+        """Whether the slot's machine is gone for good (Ray: its node died)."""
+        return False
+
+    def _fail_if_no_workers(self) -> None:
+        if self._slots and all(s.retired for s in self._slots):
+            while self._queue:
+                self._fail(self._queue.popleft(), "WorkerDiedError: no worker left", 0.0, "")
 
     def _handle(self, events: list[_Event]) -> None:
         for slot, kind, payload in events:
@@ -245,15 +284,20 @@ class _SlotExecutor:
             elif kind == "died" and slot.ready:
                 job, slot.job = slot.job, None
                 self._requeue_next(slot)
-                if job is not None:
-                    self._fail(job, f"WorkerDiedError: {payload}", 0.0, slot.worker)
+                if job is not None and job.attempts < self.max_retries:
+                    job.attempts += 1  # retried first, on the next free worker
+                    self._queue.appendleft(job)
+                elif job is not None:
+                    error = f"WorkerDiedError: {payload} (tried {job.attempts + 1} times)"
+                    self._fail(job, error, 0.0, slot.worker)
                 self._restart(slot)
             else:
                 error = f"WorkerDiedError: {payload}" if kind == "died" else payload
                 self._start_failed(slot, error)
 
     def _start_failed(self, slot: _Slot, error: str) -> None:
-        self._kill(slot)
+        if slot.handle is not None:
+            self._kill(slot)
         slot.handle, slot.ready, slot.ref, slot.deadline = None, False, None, math.inf
         slot.failed_starts += 1
         if not self._started:
@@ -293,6 +337,8 @@ class _SlotExecutor:
         for slot in self._slots:
             if not self._queue:
                 return
+            if slot.retired:
+                continue
             # A slot whose replacement failed to start stays empty while others can work.
             if slot.handle is None and (slot.failed_starts == 0 or not alive):
                 self._restart(slot)
@@ -313,11 +359,16 @@ def _until(deadline: float) -> float | None:
 # -- one local worker process ------------------------------------------------------------------
 
 
-def _worker_main(spec: EvalSpec, conn: Any, cpus: list[int] | None) -> None:
+def _worker_main(
+    spec: EvalSpec, conn: Any, cpus: list[int] | None, measure_cpus: list[int] | None
+) -> None:
     """The local worker: set up, report the baseline, then evaluate until told to stop."""
+    from runners.measure_lock import set_measure_cpus
+
     try:
         if cpus is not None:
             os.sched_setaffinity(0, cpus)
+        set_measure_cpus(measure_cpus)
         evaluator = Evaluator(spec)
         conn.send(("ready", evaluator.setup()))
     except Exception as exc:
@@ -328,13 +379,16 @@ def _worker_main(spec: EvalSpec, conn: Any, cpus: list[int] | None) -> None:
 
 
 class LocalExecutor(_SlotExecutor):
-    """One persistent worker subprocess, evaluating one candidate at a time (``slots == 1``).
+    """Persistent worker subprocesses on this machine, each evaluating one candidate at a time
+    (``slots == workers``).
 
     Args:
         spec: What to evaluate and how.
         timeout_s: Per-candidate limit (and start-up limit); past it the worker is killed, the
             candidate fails with a ``TimeoutError`` and a fresh worker takes the next one.
-        cpus: Pin the worker to these CPU ids (``os.sched_setaffinity``).
+        cpus: Pin the workers to these CPU ids (``os.sched_setaffinity``).
+        workers: Worker processes. Each takes the host's measurement lock to time.
+        measure_cpus: Cores a worker moves onto while it times (`runners.measure_lock`).
     """
 
     def __init__(
@@ -342,28 +396,36 @@ class LocalExecutor(_SlotExecutor):
         spec: EvalSpec,
         timeout_s: float = 300.0,
         cpus: list[int] | None = None,
+        workers: int = 1,
+        measure_cpus: list[int] | None = None,
     ) -> None:
         super().__init__(spec, timeout_s)
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self.cpus = cpus
-        self.prefetch = True
+        self.measure_cpus = measure_cpus
+        self.workers = workers
+        self.prefetch = workers == 1  # with several, a queued job goes to whichever is free
 
     def start(self) -> dict[str, Any]:
-        """Start the worker and wait for its baseline (`WorkerStartError` if it cannot)."""
-        return self._start_slots(1)
+        """Start the workers and wait for their baselines (`WorkerStartError` if one cannot);
+        returns the first worker's."""
+        return self._start_slots([_Slot() for _ in range(self.workers)])
 
     def _spawn(self, slot: _Slot) -> None:
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
-        args = (self.spec, child, self.cpus)
+        args = (self.spec, child, self.cpus, self.measure_cpus)
         process = ctx.Process(target=_worker_main, args=args, daemon=True, name="layerpilot-eval")
         process.start()
         child.close()
         slot.handle = (process, parent)
 
     def _send(self, slot: _Slot, job: _Job) -> None:
-        slot.handle[1].send(job.strategy.to_dict())
+        with contextlib.suppress(OSError):  # it died: `_wait` reports that, and the job is retried
+            slot.handle[1].send(job.strategy.to_dict())
 
     def _kill(self, slot: _Slot, graceful: bool = False) -> None:
         process, conn = slot.handle
@@ -379,19 +441,23 @@ class LocalExecutor(_SlotExecutor):
     def _wait(self, timeout: float | None) -> list[_Event]:
         from multiprocessing.connection import wait
 
-        slot = self._slots[0]
-        if slot.handle is None:
+        live = [s for s in self._slots if s.handle is not None]
+        if not live:
             return []
-        process, conn = slot.handle
-        wait([conn, process.sentinel], timeout)
-        with contextlib.suppress(EOFError, OSError):  # EOF: it died without a word
-            if conn.poll():
-                kind, payload = conn.recv()
-                return [(slot, kind, payload)]
-        if process.is_alive():
-            return []
-        process.join()
-        return [(slot, "died", f"evaluation worker exited with {_describe(process.exitcode)}")]
+        wait([w for s in live for w in (s.handle[1], s.handle[0].sentinel)], timeout)
+        events: list[_Event] = []
+        for slot in live:
+            process, conn = slot.handle
+            with contextlib.suppress(EOFError, OSError):  # EOF: it died without a word
+                if conn.poll():
+                    kind, payload = conn.recv()
+                    events.append((slot, kind, payload))
+                    continue
+            if not process.is_alive():
+                process.join()
+                code = _describe(process.exitcode)
+                events.append((slot, "died", f"evaluation worker exited with {code}"))
+        return events
 
 
 def _describe(code: int | None) -> str:

@@ -61,7 +61,9 @@ class EvalSpec:
             "threads": self.eval.threads,
             "batch_size": self.eval.latency.batch_size,
             "build": self.eval.build.scope(),  # BN re-estimation and recovery change accuracy
-            "latency": asdict(self.eval.latency),  # the protocol changes what is reported
+            "latency": asdict(self.eval.latency)  # the protocol changes what is reported
+            if self.eval.time_latency
+            else "not timed",
         }
 
 
@@ -79,6 +81,8 @@ class Outcome:
     """Wall time of the evaluation on the worker (build + compile + accuracy + timing)."""
     worker: str = ""
     """Where it ran (``host:pid``)."""
+    node: str = ""
+    """The Ray node id it ran on (empty outside Ray)."""
 
     def __post_init__(self) -> None:
         if self.status == "ok" and self.result is None:
@@ -105,6 +109,7 @@ class Outcome:
             "error": self.error,
             "eval_seconds": self.eval_seconds,
             "worker": self.worker,
+            "node": self.node,
         }
 
     @classmethod
@@ -116,4 +121,5 @@ class Outcome:
             error=data.get("error"),
             eval_seconds=float(data.get("eval_seconds", 0.0)),
             worker=data.get("worker", ""),
+            node=data.get("node", ""),
         )

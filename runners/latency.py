@@ -126,6 +126,18 @@ class LatencyStats:
     input_p90_ms: float | None = None
     """90th percentile over the inputs of each input's median."""
 
+    @classmethod
+    def not_timed(cls) -> LatencyStats:
+        """The record of a measurement that was not taken (``EvalConfig.time_latency`` off:
+        speed then comes from FLOPs): no runs, every figure NaN."""
+        nan = math.nan
+        return cls(nan, nan, nan, nan, nan, runs=0, rounds=0, stable=False)
+
+    @property
+    def timed(self) -> bool:
+        """False for `not_timed` records."""
+        return self.runs > 0
+
     @property
     def expected_ms(self) -> float:
         """The figure speedups are computed from: ``input_mean_ms`` when the runs rotated over
@@ -133,6 +145,8 @@ class LatencyStats:
         return self.input_mean_ms if self.input_mean_ms is not None else self.median_ms
 
     def __post_init__(self) -> None:
+        if self.runs == 0 and self.rounds == 0 and math.isnan(self.median_ms):
+            return  # not_timed()
         if self.runs < 1 or self.rounds < 1:
             raise ValueError(
                 f"LatencyStats needs runs and rounds >= 1, got {self.runs}/{self.rounds}"

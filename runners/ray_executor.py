@@ -1,5 +1,12 @@
-"""`RayExecutor`: one evaluator actor per Ray node, so a cluster measures candidates in parallel
-while no two of our measurements ever share a machine. See `runners.executor` for the contract.
+"""`RayExecutor`: evaluator actors on every Ray node, so a cluster measures candidates in
+parallel while no two of our measurements ever overlap on one machine (the timed sections of the
+actors of one host take turns under `runners.measure_lock`). See `runners.executor` for the
+contract.
+
+Each actor reserves ``cpus_per_worker`` CPUs, and one GPU for a GPU runtime (``num_gpus=1``), so
+Ray never packs more actors on a node than it has room for. An actor whose node dies is not
+restarted there: the node's slots retire, the candidate it was running is retried on another
+node (``max_retries``), and the search goes on with the nodes left.
 """
 
 from __future__ import annotations
@@ -10,9 +17,11 @@ from typing import Any
 from runners.executor import Evaluator, WorkerStartError, _Event, _Job, _Slot, _SlotExecutor
 from runners.job import EvalSpec
 
+GPU_RUNTIMES = ("onnxruntime-cuda", "torch-cuda", "tensorrt")
+
 
 class RayExecutor(_SlotExecutor):
-    """One evaluator actor per alive Ray node, each evaluating its candidates serially.
+    """``workers`` evaluator actors per alive Ray node, each evaluating its candidates serially.
 
     The driver must have called ``ray.init`` already; ``slots`` is the number of actors. Nodes
     that join after `start` are not used.
@@ -22,6 +31,7 @@ class RayExecutor(_SlotExecutor):
         timeout_s: Per-candidate limit (and start-up limit); past it the actor is killed, the
             candidate fails with a ``TimeoutError`` and a new actor starts on the same node.
         cpus_per_worker: CPUs each actor reserves (nodes with fewer get no actor).
+        workers: Actors per node (as many as the node's CPUs and GPUs allow, at most this).
     """
 
     def __init__(
@@ -29,10 +39,14 @@ class RayExecutor(_SlotExecutor):
         spec: EvalSpec,
         timeout_s: float = 300.0,
         cpus_per_worker: float = 1.0,
+        workers: int = 1,
     ) -> None:
         super().__init__(spec, timeout_s)
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self.cpus_per_worker = cpus_per_worker
-        self._nodes: list[str] = []
+        self.gpus_per_worker = 1.0 if spec.eval.runtime in GPU_RUNTIMES else 0.0
+        self.workers = workers
         self._actor_cls: Any = None
 
     def start(self) -> dict[str, Any]:
@@ -41,14 +55,23 @@ class RayExecutor(_SlotExecutor):
 
         if not ray.is_initialized():
             raise RuntimeError("RayExecutor needs ray.init() to have been called by the driver")
-        self._nodes = [
-            node["NodeID"]
-            for node in ray.nodes()
-            if node["Alive"] and node["Resources"].get("CPU", 0) >= self.cpus_per_worker
-        ]
-        if not self._nodes:
-            raise WorkerStartError(f"no alive Ray node has {self.cpus_per_worker:g} CPUs")
-        return self._start_slots(len(self._nodes))
+        slots = []
+        for node in ray.nodes():
+            if not node["Alive"]:
+                continue
+            room = int(node["Resources"].get("CPU", 0) // self.cpus_per_worker)
+            if self.gpus_per_worker:
+                room = min(room, int(node["Resources"].get("GPU", 0)))
+            slots += [_Slot(node=node["NodeID"]) for _ in range(min(room, self.workers))]
+        if not slots:
+            need = f"{self.cpus_per_worker:g} CPUs" + (" and a GPU" if self.gpus_per_worker else "")
+            raise WorkerStartError(f"no alive Ray node has {need}")
+        return self._start_slots(slots)
+
+    @property
+    def nodes(self) -> list[str]:
+        """Ids of the nodes that hold at least one working slot."""
+        return sorted({s.node for s in self._slots if not s.retired})
 
     def _spawn(self, slot: _Slot) -> None:
         import ray
@@ -56,10 +79,10 @@ class RayExecutor(_SlotExecutor):
 
         if self._actor_cls is None:
             self._actor_cls = ray.remote(max_restarts=0, max_task_retries=0)(Evaluator)
-        node = self._nodes[self._slots.index(slot)]
         slot.handle = self._actor_cls.options(
             num_cpus=self.cpus_per_worker,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
+            num_gpus=self.gpus_per_worker,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(slot.node, soft=False),
         ).remote(self.spec)
         slot.ref = slot.handle.setup.remote()
 
@@ -70,6 +93,11 @@ class RayExecutor(_SlotExecutor):
         import ray
 
         ray.kill(slot.handle, no_restart=True)
+
+    def _retire(self, slot: _Slot) -> bool:
+        import ray
+
+        return not any(n["NodeID"] == slot.node and n["Alive"] for n in ray.nodes())
 
     def _wait(self, timeout: float | None) -> list[_Event]:
         import ray

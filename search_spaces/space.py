@@ -201,6 +201,15 @@ class DecisionSpace:
             for name, values in step.options.items()
         }
 
+    def to_parameters(self, strategy: Strategy) -> dict[str, Any]:
+        """Inverse of `from_parameters`: every parameter's value in ``strategy``."""
+        choices = self.from_strategy(strategy)
+        return {
+            f"{step.unit.name}:{name}": values[int(choice[self.action_names.index(name)])]
+            for step, choice in zip(self.steps, choices, strict=True)
+            for name, values in step.options.items()
+        }
+
     def from_parameters(self, params: Mapping[str, Any]) -> Strategy:
         """The strategy of a flat ``{"unit:action": value}`` assignment (missing = identity)."""
         choices = self.identity()

@@ -81,8 +81,37 @@ def test_ppo_learns_on_the_surrogate_and_proposes(
         assert agent.surrogate.samples == 1
         assert agent.ask().strategy != proposal.strategy  # never proposes a measured one twice
         assert agent.last_checkpoint is not None and agent.last_checkpoint.exists()
+        assert not list(tmp_path.glob(".*partial"))  # saved aside, then renamed
+
+        # resume: a fresh agent restores the last checkpoint's weights and learns the records
+        resumed = PPOAgent(
+            space, RewardConfig(lam=1.0), synthetic_table(space), settings, seed=1,
+            checkpoint_dir=tmp_path,
+        )  # fmt: skip
+        try:
+            resumed.restore([CandidateRecord(0, outcome, 0.5, "ppo")])
+            assert resumed.iterations == 15 and resumed.last_checkpoint == agent.last_checkpoint
+            assert resumed.surrogate.samples == 1
+            assert proposal.strategy.key() in resumed._seen
+            agent.algo.restore_from_path(str(agent.last_checkpoint.resolve()))
+            weights = [m.get_state() for m in (agent.algo, resumed.algo)]
+            a, b = (w["learner_group"]["learner"]["rl_module"] for w in weights)
+            assert _assert_same_tensors(a, b) >= 4  # the policy and value nets' layers
+        finally:
+            resumed.close()
     finally:
         agent.close()
+
+
+def _assert_same_tensors(a: object, b: object) -> int:
+    """Assert two nested state dicts hold equal arrays; returns how many were compared."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys()
+        return sum(_assert_same_tensors(a[key], b[key]) for key in a)
+    if hasattr(a, "shape"):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        return 1
+    return 0
 
 
 def test_front_keeps_only_non_dominated_measurements() -> None:

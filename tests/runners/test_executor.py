@@ -128,20 +128,44 @@ def test_candidate_past_its_timeout_fails_and_a_fresh_worker_takes_the_next(star
     assert int(after.worker.rsplit(":", 1)[1]) != old_pid
 
 
-@pytest.mark.slow
-def test_worker_killed_mid_evaluation_gives_failed_outcome_and_is_replaced(started):
-    executor, _ = started
-    pid = _pid(executor)
-
-    executor.submit(SKIP)
-    time.sleep(0.3)
+def _kill_while_running(executor: Executor, after: int = 0) -> int:
+    """SIGKILL the worker once it is evaluating (set up, with a job) and is not worker
+    ``after`` (one killed before, whose death the executor may not have seen yet)."""
+    deadline = time.monotonic() + 120
+    slot = executor._slots[0]  # type: ignore[attr-defined]
+    while not (slot.ready and slot.job and not slot.worker.endswith(f":{after}")):
+        assert time.monotonic() < deadline, "the job never started"
+        assert executor.poll(timeout=0.05) == []
+    time.sleep(0.3)  # into the build
+    pid = int(slot.worker.rsplit(":", 1)[1])
     os.kill(pid, signal.SIGKILL)
-    [died] = executor.poll(timeout=60)
+    return pid
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_evaluation_is_replaced_and_the_candidate_retried(started):
+    executor, _ = started
+    executor.submit(SKIP)
+    pid = _kill_while_running(executor)
+    [retried] = executor.poll(timeout=120)
+
+    assert retried.ok, retried.error  # measured again by the replacement
+    assert int(retried.worker.rsplit(":", 1)[1]) != pid
+
+
+@pytest.mark.slow
+def test_candidate_whose_workers_die_twice_fails_and_the_executor_goes_on(started):
+    executor, _ = started
+    executor.submit(Strategy.from_dict({"layer1.2": {"skip": True}}))
+    pid = 0
+    for _ in range(1 + executor.max_retries):  # type: ignore[attr-defined]
+        pid = _kill_while_running(executor, after=pid)
+    [died] = executor.poll(timeout=120)
     after = _run(executor, Strategy.from_dict({"layer2.1": {"skip": True}}))
 
     assert died.status == "failed"
     assert died.error is not None
-    assert died.error.startswith("WorkerDiedError:")
+    assert died.error.startswith("WorkerDiedError:") and "(tried 2 times)" in died.error
     assert after.ok, after.error
 
 
