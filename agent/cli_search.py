@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -190,11 +192,22 @@ def _fmt(x: float, spec: str = ".2f", suffix: str = "") -> str:
     )
 
 
+def _json_stdout() -> TextIO:
+    """Point file descriptor 1 at stderr for the rest of the process, so that nothing written
+    there (by Ray or its C++ core, even at exit) can corrupt ``--json``; returns a file on the
+    real stdout for the JSON itself."""
+    sys.stdout.flush()
+    real = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    return real
+
+
 def cmd_search(args: argparse.Namespace) -> int:
-    from agent.cli import _console, _print_json
+    from agent.cli import _console
     from agent.search import SearchProgress, run_search
 
     config = search_config(args)
+    json_out = _json_stdout() if args.json else None
     err = Console(stderr=True)
     columns = (
         TextColumn("[bold]{task.fields[phase]}"),
@@ -222,8 +235,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
         result = run_search(config, show, resume=args.resume is not None)
     summary = {**result.summary, "out": str(result.out), "parent_run_id": result.parent_run_id}
-    if args.json:
-        _print_json(summary)
+    if json_out is not None:
+        json_out.write(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+        json_out.flush()
     else:
         con = _console()
         s = result.summary

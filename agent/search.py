@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import signal
@@ -45,6 +46,8 @@ from runners.job import EvalSpec, Outcome
 
 if TYPE_CHECKING:
     from runners.build import BuildConfig
+
+logger = logging.getLogger(__name__)
 
 STALL_LIMIT = 500
 """Consecutive proposals that were all already measured before the search gives up."""
@@ -142,20 +145,49 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _init_ray(config: SearchConfig) -> None:
-    """Join ``config.address``, or start the embedded local instance on loopback only (no
-    dashboard). Ray's token authentication is left as Ray sets it (on by default)."""
+    """Join ``config.address``, or start the embedded local instance (no dashboard).
+
+    Ray 2.60's core servers (GCS, raylet, workers) listen on every interface whatever node IP
+    they are given; its token authentication (on by default, never turned off here) is what
+    keeps others out, so a warning is logged when a user has turned it off.
+    """
     import ray
 
     if ray.is_initialized():
         return
     if config.address:
-        ray.init(address=config.address, log_to_driver=False)
+        host = config.address.removeprefix("ray://").rsplit(":", 1)[0]
+        local: dict[str, Any] = {}
+        if not config.address.startswith("ray://") and _is_loopback(host):
+            # a cluster on this machine's loopback (its node IP): the driver joins it there
+            local["_node_ip_address"] = host
+        ray.init(address=config.address, log_to_driver=False, **local)
     else:
         ray.init(
             num_cpus=max(2, os.cpu_count() or 1),
             include_dashboard=False,
             log_to_driver=False,
-            _node_ip_address="127.0.0.1",
+        )
+    _warn_if_unauthenticated()
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _warn_if_unauthenticated() -> None:
+    """Ray's servers listen beyond loopback; its token authentication is what guards them."""
+    from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+    if not is_token_auth_enabled():
+        logger.warning(
+            "Ray token authentication is OFF (RAY_AUTH_MODE=disabled?): anyone who can reach "
+            "this machine's Ray ports can run code on it. Unset RAY_AUTH_MODE to turn it on."
         )
 
 

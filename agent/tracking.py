@@ -314,6 +314,8 @@ class Tracker:
             tags["layerpilot.worker"] = outcome.worker
         if outcome.node:
             tags["layerpilot.node"] = outcome.node
+        if outcome.attempts > 1:
+            tags["layerpilot.attempts"] = str(outcome.attempts)
         if outcome.error:
             tags[ERROR_TAG] = _truncate(outcome.error, _MAX_TAG_VALUE)
         run = self.client.create_run(

@@ -276,7 +276,11 @@ class _SlotExecutor:
             elif kind == "outcome":
                 job, slot.job, slot.deadline = slot.job, None, math.inf
                 if job is not None:
-                    data = {**payload, "strategy": job.strategy.to_dict()}
+                    data = {
+                        **payload,
+                        "strategy": job.strategy.to_dict(),
+                        "attempts": job.attempts + 1,
+                    }
                     self._done.append(Outcome.from_dict(data))
                 if slot.next_job is not None:  # the worker has already started it
                     slot.job, slot.next_job = slot.next_job, None
@@ -315,7 +319,14 @@ class _SlotExecutor:
             slot.next_job = None
 
     def _fail(self, job: _Job, error: str, seconds: float, worker: str) -> None:
-        outcome = Outcome(job.strategy, "failed", error=error, eval_seconds=seconds, worker=worker)
+        outcome = Outcome(
+            job.strategy,
+            "failed",
+            error=error,
+            eval_seconds=seconds,
+            worker=worker,
+            attempts=job.attempts + 1,
+        )
         self._done.append(outcome)
 
     def _expire(self) -> None:

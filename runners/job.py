@@ -83,6 +83,8 @@ class Outcome:
     """Where it ran (``host:pid``)."""
     node: str = ""
     """The Ray node id it ran on (empty outside Ray)."""
+    attempts: int = 1
+    """Workers it was sent to (more than 1 when a worker died under it and it was retried)."""
 
     def __post_init__(self) -> None:
         if self.status == "ok" and self.result is None:
@@ -110,6 +112,7 @@ class Outcome:
             "eval_seconds": self.eval_seconds,
             "worker": self.worker,
             "node": self.node,
+            "attempts": self.attempts,
         }
 
     @classmethod
@@ -122,4 +125,5 @@ class Outcome:
             eval_seconds=float(data.get("eval_seconds", 0.0)),
             worker=data.get("worker", ""),
             node=data.get("node", ""),
+            attempts=int(data.get("attempts", 1)),
         )
