@@ -92,6 +92,12 @@ def add_commands(sub: Any) -> None:
 
     p = sub.add_parser("ui", help="MLflow UI over this project's runs, on 127.0.0.1")
     p.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; anything else exposes the runs, "
+        "unauthenticated, to whoever can reach it)",
+    )
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///./mlflow.db)")
     p.set_defaults(func=cmd_ui)
 
@@ -292,4 +298,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from agent.ui import run_ui
 
     uri = args.tracking_uri or default_tracking_uri(Path.cwd())
-    return int(run_ui(uri, host="127.0.0.1", port=args.port) or 0)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        Console(stderr=True).print(
+            f"[yellow]warning:[/yellow] the MLflow UI listens on {args.host}: anyone who can "
+            "reach it can read and change these runs (it has no login)."
+        )
+    return int(run_ui(uri, host=args.host, port=args.port) or 0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import platform
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,16 +184,18 @@ def measure_candidate(
     accuracy = float(subject.workload.metric(outputs, subject.workload.eval.targets.numpy()))
     if not math.isfinite(accuracy):
         raise EvaluationError(f"strategy {label}: metric is {accuracy}")
-    lock_wait = 0.0
+    lock_wait, timing_start = 0.0, time.perf_counter()
     if not config.time_latency:
         latency = LatencyStats.not_timed()
     else:
         with exclusive_measurement() as lock_wait:
+            timing_start = time.perf_counter()
             if candidate.input_dependent:
                 samples = subject.workload.eval.inputs[: config.latency.inputs]
                 latency = measure_over_inputs(compiled, samples, config.latency)
             else:
                 latency = measure_compiled(compiled, candidate.example_input, config.latency)
+    timing_s = time.perf_counter() - timing_start
     dynamic = find_dynamic(candidate.model)
     if dynamic is not None:
         # decisions of the deployed (thresholded) controller over the whole eval split
@@ -216,6 +219,7 @@ def measure_candidate(
         **candidate.notes,
         "batch_size": config.latency.batch_size,
         "measure_lock_wait_s": round(lock_wait, 4),
+        "timing_s": round(timing_s, 4),
         "machine": platform.machine(),
         "python": platform.python_version(),
         "torch": torch.__version__,

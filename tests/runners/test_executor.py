@@ -259,3 +259,24 @@ def test_submit_before_start_raises(workload_cache):
 
     with pytest.raises(RuntimeError, match="start"):
         executor.submit(SKIP)
+
+
+@pytest.mark.slow
+def test_two_local_workers_evaluate_in_parallel_and_both_take_work(workload_cache: Path) -> None:
+    spec = EvalSpec(workload="digits-resnet", cache_dir=workload_cache, eval=FAST)
+    strategies = [
+        Strategy.from_dict({f"layer{i}.{j}": {"skip": True}}) for i in (1, 2, 3) for j in (1, 2)
+    ]
+    with LocalExecutor(spec, timeout_s=120.0, workers=2) as executor:
+        executor.start()
+        assert executor.slots == 2
+        for strategy in strategies:
+            executor.submit(strategy)
+        outcomes: list[Outcome] = []
+        while len(outcomes) < len(strategies):
+            outcomes += executor.poll(timeout=60)
+
+    assert all(o.ok for o in outcomes), [o.error for o in outcomes]
+    assert {o.strategy.key() for o in outcomes} == {s.key() for s in strategies}
+    assert len({o.worker for o in outcomes}) == 2
+    assert all(o.result and o.result["info"]["timing_s"] > 0 for o in outcomes)

@@ -1,0 +1,64 @@
+"""Security defaults: nothing listens beyond loopback unless the user says so, and Ray's token
+authentication stays on."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.cli import main
+
+PROBE = """
+import json, logging, ray
+logging.basicConfig(level=logging.WARNING)
+from agent.config import SearchConfig
+from agent.search import _init_ray
+from ray._private.authentication.authentication_utils import is_token_auth_enabled
+_init_ray(SearchConfig())
+info = ray._private.worker.global_worker.node.address_info
+print(json.dumps({"token": is_token_auth_enabled(), "webui": info.get("webui_url")}))
+ray.shutdown()
+"""
+
+
+def test_mlflow_ui_listens_on_loopback_unless_a_host_is_given(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    hosts: list[str] = []
+    monkeypatch.setattr("agent.ui.run_ui", lambda uri, host, port: hosts.append(host) or 0)
+
+    assert main(["ui"]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["ui", "--host", "0.0.0.0"]) == 0
+
+    assert hosts == ["127.0.0.1", "0.0.0.0"]
+    assert "anyone who can reach it" in " ".join(capsys.readouterr().err.split())
+
+
+def _embedded_ray(**env: str) -> tuple[dict[str, object], str]:
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        capture_output=True, text=True, timeout=180, env={**os.environ, **env},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+
+
+@pytest.mark.slow
+def test_embedded_ray_keeps_token_auth_on_and_starts_no_dashboard() -> None:
+    facts, stderr = _embedded_ray()
+    assert facts == {"token": True, "webui": None} or facts == {"token": True, "webui": ""}
+    assert "token authentication is OFF" not in stderr
+
+
+@pytest.mark.slow
+def test_turning_ray_token_auth_off_is_warned_about() -> None:
+    facts, stderr = _embedded_ray(RAY_AUTH_MODE="disabled")
+    assert facts["token"] is False
+    assert "Ray token authentication is OFF" in stderr
