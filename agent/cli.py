@@ -353,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from agent.search import ResumeError
     from envs.workloads import UnknownWorkloadError, WorkloadCacheError, WorkloadSpecError
     from runners import UnknownRuntimeError
     from runners.base import RuntimeUnavailableError, UnsupportedPrecisionError
@@ -362,6 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     user_errors: tuple[type[BaseException], ...] = (
         CliError,
+        ResumeError,
         StrategyError,
         UnknownWorkloadError,
         WorkloadSpecError,

@@ -324,6 +324,11 @@ def run_search(
         _, state = resume_state(out)
         _trim_torn_line(out / "candidates.jsonl")
         records = load_records(out)
+        if state.get("status") == "FINISHED" and len(records) >= config.budget:
+            raise ResumeError(
+                f"cannot resume {out}: it finished its budget of {len(records)} candidates; "
+                f"give a larger --budget to extend it"
+            )
         state.update(status="RUNNING", config=config.to_dict())
         state.setdefault("resumed", []).append(datetime.now().isoformat(timespec="seconds"))
     else:

@@ -376,6 +376,9 @@ def _worker_main(
     """The local worker: set up, report the baseline, then evaluate until told to stop."""
     from runners.measure_lock import set_measure_cpus
 
+    # Ctrl-C in a terminal reaches the whole process group: the driver decides when to stop
+    # (it finishes the step it is in, then closes the executor, which kills this process).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         if cpus is not None:
             os.sched_setaffinity(0, cpus)

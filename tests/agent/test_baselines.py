@@ -73,3 +73,31 @@ def test_tpe_concentrates_on_rewarded_region(space: DecisionSpace) -> None:
         scores.append(score(p.strategy))
         agent.tell(record(i, p, scores[-1]))
     assert np.mean(scores[-10:]) > np.mean(scores[:10])
+
+
+def test_tpe_restored_from_records_continues_where_it_left_off(space: DecisionSpace) -> None:
+    """Resume: a fresh TPE told the earlier candidates as evaluated points proposes like one
+    that saw them (past its startup trials, it exploits), and never re-suggests their ids."""
+    agent = TPEAgent(space, seed=0, startup=10)
+
+    def score(strategy) -> float:
+        return float(sum(a.get("precision") == "int8" for a in strategy.units.values()))
+
+    earlier = []
+    for i in range(30):
+        p = agent.ask()
+        earlier.append(record(i, p, score(p.strategy)))
+        agent.tell(earlier[-1])
+    cold = TPEAgent(space, seed=1, startup=10)
+    resumed = TPEAgent(space, seed=1, startup=10)
+    resumed.restore(earlier)
+
+    assert resumed._count == 30  # trial ids continue after the restored ones
+    assert len(resumed._searcher._ot_study.trials) == 30
+    cold_scores, resumed_scores = [], []
+    for i in range(10):
+        for agent_, scores in ((cold, cold_scores), (resumed, resumed_scores)):
+            p = agent_.ask()
+            scores.append(score(p.strategy))
+            agent_.tell(record(30 + i, p, scores[-1]))
+    assert np.mean(resumed_scores) > np.mean(cold_scores)  # it learned from the restored points

@@ -156,6 +156,8 @@ def test_worker_killed_mid_evaluation_is_replaced_and_the_candidate_retried(star
 @pytest.mark.slow
 def test_candidate_whose_workers_die_twice_fails_and_the_executor_goes_on(started):
     executor, _ = started
+    if isinstance(executor, RayExecutor):
+        pytest.skip("the retry bookkeeping is shared; the Ray kill path is tested once above")
     executor.submit(Strategy.from_dict({"layer1.2": {"skip": True}}))
     pid = 0
     for _ in range(1 + executor.max_retries):  # type: ignore[attr-defined]
