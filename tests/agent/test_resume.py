@@ -91,6 +91,9 @@ def test_resume_after_sigkill_loses_nothing_and_measures_nothing_twice(
     state = json.loads((out / "search.json").read_text())
     assert state["status"] == "FINISHED" and len(state["resumed"]) == 1
 
+    again = layerpilot("search", "--resume", "s", cache=workload_cache, cwd=tmp_path)
+    assert again.returncode == 2 and "give a larger --budget" in " ".join(again.stderr.split())
+
 
 def test_resume_rejects_a_directory_that_is_not_a_search(
     tmp_path: Path, workload_cache: Path
