@@ -30,11 +30,11 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
+
+from _cli import run_search_json
 
 WORKLOAD = "digits-resnet"
 RUNS = [  # (measure, executor, workers)
@@ -56,12 +56,7 @@ def run_one(measure: str, executor: str, workers: int, budget: int, work: Path) 
         "--tracking-uri", f"sqlite:///{(work / 'mlflow.db').resolve()}",
         "--experiment", "scaling", "--json",
     ]  # fmt: skip
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    summary = json.loads(proc.stdout)
+    summary, wall = run_search_json(cmd)
     records = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
     ok = [r["outcome"] for r in records if r["outcome"]["status"] == "ok"]
     infos = [o["result"]["info"] for o in ok]

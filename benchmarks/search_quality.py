@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
+
+from _cli import run_search_json
 
 WORKLOADS = ("digits-resnet", "mnist1d-cnn")
 AGENTS = ("ppo", "random", "uniform", "tpe")
@@ -51,12 +50,7 @@ def run_one(workload: str, agent: str, seed: int, budget: int, work: Path) -> di
         "--tracking-uri", f"sqlite:///{(work / 'mlflow.db').resolve()}",
         "--experiment", "search-quality", "--json",
     ]  # fmt: skip
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    summary = json.loads(proc.stdout[proc.stdout.index("{") :])
+    summary, wall = run_search_json(cmd)
     return {
         "workload": workload,
         "agent": agent,

@@ -60,17 +60,18 @@ def test_uniform_agent_exhausts_its_grid(space: DecisionSpace) -> None:
     assert len(proposals) == len(uniform_grid(space)) - 1  # the identity is the baseline
 
 
+def int8_units(strategy) -> float:
+    return float(sum(a.get("precision") == "int8" for a in strategy.units.values()))
+
+
 def test_tpe_concentrates_on_rewarded_region(space: DecisionSpace) -> None:
     """Reward = number of int8 units: after its startup trials TPE proposes more int8."""
     agent = TPEAgent(space, seed=0, startup=10)
 
-    def score(strategy) -> float:
-        return float(sum(a.get("precision") == "int8" for a in strategy.units.values()))
-
     scores = []
     for i in range(40):
         p = agent.ask()
-        scores.append(score(p.strategy))
+        scores.append(int8_units(p.strategy))
         agent.tell(record(i, p, scores[-1]))
     assert np.mean(scores[-10:]) > np.mean(scores[:10])
 
@@ -80,13 +81,10 @@ def test_tpe_restored_from_records_continues_where_it_left_off(space: DecisionSp
     that saw them (past its startup trials, it exploits), and never re-suggests their ids."""
     agent = TPEAgent(space, seed=0, startup=10)
 
-    def score(strategy) -> float:
-        return float(sum(a.get("precision") == "int8" for a in strategy.units.values()))
-
     earlier = []
     for i in range(30):
         p = agent.ask()
-        earlier.append(record(i, p, score(p.strategy)))
+        earlier.append(record(i, p, int8_units(p.strategy)))
         agent.tell(earlier[-1])
     cold = TPEAgent(space, seed=1, startup=10)
     resumed = TPEAgent(space, seed=1, startup=10)
@@ -98,6 +96,6 @@ def test_tpe_restored_from_records_continues_where_it_left_off(space: DecisionSp
     for i in range(10):
         for agent_, scores in ((cold, cold_scores), (resumed, resumed_scores)):
             p = agent_.ask()
-            scores.append(score(p.strategy))
+            scores.append(int8_units(p.strategy))
             agent_.tell(record(30 + i, p, scores[-1]))
     assert np.mean(resumed_scores) > np.mean(cold_scores)  # it learned from the restored points
