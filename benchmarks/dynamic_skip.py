@@ -31,6 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import write_table
+
 from envs.workloads import get_workload
 from runners.build import Subject, build_candidate
 from runners.evaluate import EvalConfig, Measurement, measure
@@ -151,7 +153,7 @@ def main() -> None:
     for name in args.workloads:
         run_workload(name, args.alphas, lines)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")
+        write_table(args.out, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import write_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -362,9 +363,9 @@ def main() -> None:
             for directory in searches.get(wl, []):
                 search_rows(subject, log, Path(directory), args.front, args.front_drop, exports)
             print(f"{wl}: {time.perf_counter() - start:.0f} s", flush=True)
-            args.out.write_text(render(log, workloads, command))
+            write_table(args.out, render(log, workloads, command))
     text = render(log, workloads, command)
-    args.out.write_text(text)
+    write_table(args.out, text)
     print(text)
 
 

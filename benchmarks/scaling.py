@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from _cli import run_search_json
+from _common import run_search_json, write_table
 
 WORKLOAD = "digits-resnet"
 RUNS = [  # (measure, executor, workers)
@@ -169,7 +169,7 @@ def main() -> None:
         f"{rows[0]['machine'] if rows else ''}. Command: `python benchmarks/scaling.py "
         f"--budget {args.budget}`\n\n{table(rows)}\n"
     )
-    args.out.write_text(text)
+    write_table(args.out, text)
     print(text)
 
 

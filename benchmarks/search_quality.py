@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from _cli import run_search_json
+from _common import run_search_json, write_table
 
 WORKLOADS = ("digits-resnet", "mnist1d-cnn")
 AGENTS = ("ppo", "random", "uniform", "tpe")
@@ -152,7 +152,7 @@ def main() -> None:
                     rows.append(row)
                     with jsonl.open("a") as f:
                         f.write(json.dumps(row) + "\n")
-                    args.out.write_text(table(rows, args.budget, args.seeds))
+                    write_table(args.out, table(rows, args.budget, args.seeds))
                     print(
                         f"  hv {row['hypervolume']:.2f} best@1pt {row['best_speedup_at_1pt']:.2f}"
                         f" wall {row['wall_seconds']:.0f}s",
@@ -160,7 +160,7 @@ def main() -> None:
                     )
     text = table(rows, args.budget, args.seeds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    write_table(args.out, text)
     print(text)
 
 

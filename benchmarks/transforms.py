@@ -26,6 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import write_table
+
 from envs.workloads import get_workload, list_workloads
 from runners.build import Subject
 from runners.evaluate import EvalConfig, Measurement, measure
@@ -145,7 +147,7 @@ def main() -> None:
         print(parts[-1], flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(parts))
+        write_table(args.out, "\n".join(parts))
 
 
 if __name__ == "__main__":
