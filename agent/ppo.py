@@ -258,6 +258,11 @@ class PPOAgent:
         return None
 
     def tell(self, record: CandidateRecord) -> None:
+        self._note(record)
+        self.surrogate.fit(self._data)
+
+    def _note(self, record: CandidateRecord) -> None:
+        """Remember a measured candidate (the surrogate is refit by the caller)."""
         key = record.strategy.key()
         self._seen.add(key)
         self._pool.pop(key, None)
@@ -265,7 +270,6 @@ class PPOAgent:
         if record.ok:
             self._measured.append((record.reward, record.strategy))
             self._results.append((record.strategy, record.speedup, record.accuracy_drop))
-        self.surrogate.fit(self._data)
 
     @property
     def exhausted(self) -> bool:
@@ -292,7 +296,8 @@ class PPOAgent:
             self.iterations = int(latest.name.split("-")[1])
             self.last_checkpoint = latest
         for record in records:
-            self.tell(record)
+            self._note(record)
+        self.surrogate.fit(self._data)  # once, on everything
 
     def close(self) -> None:
         self.algo.stop()

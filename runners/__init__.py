@@ -18,6 +18,7 @@ from runners.base import Candidate, Compiled, Runtime
 from runners.latency import LatencyConfig, LatencyStats, measure_latency
 
 __all__ = [
+    "GPU_RUNTIMES",
     "Candidate",
     "Compiled",
     "LatencyConfig",
@@ -42,6 +43,10 @@ _RUNTIMES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "torch-cuda": ("runners.torch", "TorchEager", {"device": "cuda"}),
     "tensorrt": ("runners.tensorrt", "TensorRT", {}),
 }
+
+
+#: Runtimes that run on a GPU (an evaluator of one reserves a GPU, e.g. Ray ``num_gpus=1``).
+GPU_RUNTIMES = frozenset({"onnxruntime-cuda", "torch-cuda", "tensorrt"})
 
 
 def list_runtimes() -> list[str]:

@@ -184,18 +184,18 @@ def measure_candidate(
     accuracy = float(subject.workload.metric(outputs, subject.workload.eval.targets.numpy()))
     if not math.isfinite(accuracy):
         raise EvaluationError(f"strategy {label}: metric is {accuracy}")
-    lock_wait, timing_start = 0.0, time.perf_counter()
+    lock_wait, timing_s = 0.0, 0.0
     if not config.time_latency:
         latency = LatencyStats.not_timed()
     else:
         with exclusive_measurement() as lock_wait:
-            timing_start = time.perf_counter()
+            start = time.perf_counter()
             if candidate.input_dependent:
                 samples = subject.workload.eval.inputs[: config.latency.inputs]
                 latency = measure_over_inputs(compiled, samples, config.latency)
             else:
                 latency = measure_compiled(compiled, candidate.example_input, config.latency)
-    timing_s = time.perf_counter() - timing_start
+            timing_s = time.perf_counter() - start
     dynamic = find_dynamic(candidate.model)
     if dynamic is not None:
         # decisions of the deployed (thresholded) controller over the whole eval split

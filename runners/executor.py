@@ -28,6 +28,7 @@ import math
 import os
 import signal
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -109,9 +110,7 @@ class Evaluator:
 
 def _ray_node_id() -> str:
     """The Ray node this process runs on, when it is a Ray worker ("" otherwise)."""
-    import sys
-
-    if "ray" not in sys.modules:
+    if "ray" not in sys.modules:  # a local worker: importing Ray would cost ~1 s for nothing
         return ""
     import ray
 

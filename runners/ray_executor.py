@@ -14,10 +14,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from runners import GPU_RUNTIMES
 from runners.executor import Evaluator, WorkerStartError, _Event, _Job, _Slot, _SlotExecutor
 from runners.job import EvalSpec
-
-GPU_RUNTIMES = ("onnxruntime-cuda", "torch-cuda", "tensorrt")
 
 
 class RayExecutor(_SlotExecutor):

@@ -15,22 +15,13 @@ from runners.build import BuildConfig
 from runners.evaluate import EvalConfig
 from runners.executor import Executor, LocalExecutor, WorkerStartError
 from runners.job import EvalSpec, Outcome
-from runners.latency import LatencyConfig
 from runners.ray_executor import RayExecutor
 from search_spaces import Strategy
 
+from models import QUICK_LATENCY
+
 #: Enough to exercise every path; far too short for latencies worth comparing.
-FAST = EvalConfig(
-    latency=LatencyConfig(
-        warmup=2,
-        warmup_seconds=0.0,
-        round_runs=5,
-        min_round_seconds=0.0,
-        min_rounds=2,
-        max_rounds=2,
-    ),
-    build=BuildConfig(bn_batches=2),
-)
+FAST = EvalConfig(latency=QUICK_LATENCY, build=BuildConfig(bn_batches=2))
 SKIP = Strategy.from_dict({"layer1.0": {"skip": True}})
 UNKNOWN_UNIT = Strategy.from_dict({"layer9.conv1": {"skip": True}})
 KINDS = ["local", "ray"]
