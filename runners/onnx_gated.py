@@ -9,7 +9,11 @@ The exporter leaves every weight an initializer of the main graph, read by the `
 from the outer scope. ONNX Runtime's NCHWc layout optimisation only rewrites convolutions whose
 weights are constants *of their own graph*, so the gated blocks would run the plain NCHW kernels:
 seven gated digits blocks ran 3.65 ms all-open against 1.80 ms ungated. Moving each weight that
-only one branch reads into that branch (:func:`_localize_branch_weights`) gives 1.87 ms.
+only one branch reads into that branch (:func:`_localize_branch_weights`) gives 1.87 ms. The
+same holds for fusions: GELU's constants (shared by every branch) are copied into each, and the
+graph is written at opset 20 or later, where GELU is one ``Gelu`` node (ONNX Runtime fuses it with
+its bias into ``BiasGelu``); mnist1d-transformer at batch 1 went from 0.87 to 0.81 ms per input
+(ungated 1.11 ms).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ def export_gated_onnx(
         path: Where to write the ``.onnx`` (parents are created; weights are embedded).
         input_name: Name of the graph input.
         output_name: Name of the model's output (``gates`` is the second output).
-        opset: ONNX opset.
+        opset: ONNX opset (at least 20 is used: ``Gelu`` is one node there).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,7 +73,7 @@ def export_gated_onnx(
             program = torch.onnx.export(
                 exported,
                 dynamo=True,
-                opset_version=max(opset, 18),
+                opset_version=max(opset, 20),
                 input_names=[input_name],
                 output_names=[output_name, GATES_NAME],
                 verbose=False,
@@ -82,6 +86,11 @@ def export_gated_onnx(
         quiet.setLevel(level)
         torch.backends.mha.set_fastpath_enabled(fastpath)
     return path
+
+
+SHARED_CONSTANT_LIMIT = 4096
+"""Initializers of at most this many elements that several branches read are copied into each
+(renamed): small constants such as GELU's ``√2`` and ``0.5`` are shared by every gated block."""
 
 
 def _graph_inputs_used(graph: object) -> set[str]:
@@ -99,15 +108,37 @@ def _graph_inputs_used(graph: object) -> set[str]:
     return names
 
 
+def _rename_inputs(graph: object, renames: dict[str, str]) -> None:
+    """Rewrite reads of ``renames``' keys in ``graph`` and its nested subgraphs."""
+    import onnx
+
+    for node in graph.node:  # type: ignore[attr-defined]
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _rename_inputs(attr.g, renames)
+
+
 def _localize_branch_weights(path: Path) -> int:
-    """Move initializers read by exactly one ``If`` branch (and nothing else) into that branch."""
+    """Make the ``If`` branches' weights and constants their own initializers.
+
+    ONNX Runtime fuses and re-lays-out nodes only around initializers *of their own graph*, so
+    a branch that reads its weights from the outer scope runs unfused kernels (NCHW
+    convolutions, GELU as five ops). An initializer read by exactly one branch (and not by the
+    main graph) moves into it; a small one (:data:`SHARED_CONSTANT_LIMIT`) that several read is
+    copied into each, under a per-branch name. Returns how many initializers moved or were
+    copied.
+    """
+    import numpy as np
     import onnx
 
     model = onnx.load(str(path))
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
     main_reads = {name for node in graph.node for name in node.input}
-    readers: dict[str, list[object]] = {}
+    readers: dict[str, list[onnx.GraphProto]] = {}
     for node in graph.node:
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
@@ -115,9 +146,21 @@ def _localize_branch_weights(path: Path) -> int:
                     readers.setdefault(name, []).append(attr.g)
     movable = {n for n, graphs in readers.items() if len(graphs) == 1 and n not in main_reads}
     for name in sorted(movable):
-        readers[name][0].initializer.append(initializers[name])  # type: ignore[attr-defined]
+        readers[name][0].initializer.append(initializers[name])
+    copied = 0
+    for name, graphs in sorted(readers.items()):
+        tensor = initializers[name]
+        if name in movable or int(np.prod(tensor.dims)) > SHARED_CONSTANT_LIMIT:
+            continue
+        for i, branch in enumerate(graphs):
+            copy = onnx.TensorProto()
+            copy.CopyFrom(tensor)
+            copy.name = f"{name}__branch{i}"
+            branch.initializer.append(copy)
+            _rename_inputs(branch, {name: copy.name})
+            copied += 1
     kept = [t for t in graph.initializer if t.name not in movable]
     del graph.initializer[:]
     graph.initializer.extend(kept)
     onnx.save(model, str(path))
-    return len(movable)
+    return len(movable) + copied

@@ -173,7 +173,7 @@ class GatedBlock(nn.Module):
             log_prob = gate * torch.log(prob + 1e-6) + (1 - gate) * torch.log(1 - prob + 1e-6)
             state.log_probs.append(log_prob)
         else:
-            gate = (prob > 0.5).to(prob.dtype)
+            gate = (logits > 0).to(prob.dtype)  # = prob > 0.5, without the sigmoid in the graph
         state.probs.append(prob)
         state.gates.append(gate)
         return gate

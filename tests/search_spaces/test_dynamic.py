@@ -16,8 +16,11 @@ from search_spaces.space import DecisionSpace
 from models import make_model
 
 
-def _gated(name: str, alpha: float = 1.0, skip: tuple[str, ...] = ()):
+def _gated(name: str, alpha: float = 1.0, skip: tuple[str, ...] = (), gelu: bool = False):
     model, x = make_model(name)
+    if gelu:  # the transformer's feed-forward activation, as in mnist1d-transformer
+        for layer in model.encoder.layers:
+            layer.activation = torch.nn.functional.gelu
     canonical = canonicalize(copy.deepcopy(model))
     units = discover_units(canonical, x)
     spec = {u.name: {"dynamic_skip": alpha} for u in units if u.skippable and u.name not in skip}
@@ -152,3 +155,38 @@ def test_dynamic_skip_with_int8_fails_with_a_clear_error(tmp_path):
 
     with pytest.raises(UnsupportedPrecisionError, match="dynamic-skip model runs fp32 only"):
         OnnxRuntimeCPU().compile(candidate, tmp_path)
+
+
+def test_onnx_branches_own_their_weights_so_ort_fuses_inside_them(tmp_path):
+    """A branch reading weights or constants from the outer scope runs unfused kernels (GELU as
+    five ops); the exporter gives every branch its own copies."""
+    import onnx
+    import onnxruntime as ort
+
+    from runners.onnxruntime import OnnxRuntimeCPU
+
+    _, x, _, _, built = _gated("transformer", gelu=True)
+    compiled = OnnxRuntimeCPU().compile(Candidate(built, x), tmp_path)
+    model = onnx.load(str(compiled.onnx_path))
+    outer = {t.name for t in model.graph.initializer}
+    branches = [
+        attr.g for node in model.graph.node if node.op_type == "If" for attr in node.attribute
+    ]
+    assert len(branches) == 2 * len(built.gated)
+    for branch in branches:
+        reads = {name for node in branch.node for name in node.input}
+        assert not reads & outer, f"{branch.name} reads outer initializers {reads & outer}"
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(compiled.onnx_path), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(str(tmp_path / "optimized.onnx"))
+    ops = [
+        n.op_type
+        for node in optimized.graph.node
+        if node.op_type == "If"
+        for attr in node.attribute
+        for n in attr.g.node
+    ]
+    assert "Erf" not in ops and {"Gelu", "BiasGelu"} & set(ops), ops
