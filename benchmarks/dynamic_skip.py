@@ -13,6 +13,12 @@ there are at most 256, else greedy, each with BatchNorm re-estimation, chosen by
 compared with the static accuracy at the same mean executed-block count (linear between the two
 neighbouring counts). Latencies: "ungated" is the unchanged model; the gated model's figure is the
 mean over inputs of each input's median (controller and ``If`` overhead included).
+
+The **oracle** columns bound what any controller of this backbone could do at the same α: the
+training oracle's per-input decisions (coordinate search on the training objective, against the
+ungated model's own outputs; no labels) computed on the *eval* inputs themselves. It is not
+deployable (it runs the ungated model first); it shows whether a gap to static comes from per-input
+gating itself or from the controller's predictions.
 """
 
 from __future__ import annotations
@@ -34,8 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import write_table
 
 from envs.workloads import get_workload
-from runners.build import Subject, build_candidate
+from runners.build import BuildConfig, Subject, build_candidate
 from runners.evaluate import EvalConfig, Measurement, measure
+from runners.gate_training import GateTrainConfig, oracle_decisions
 from search_spaces import Strategy
 
 EXHAUSTIVE_LIMIT = 256
@@ -74,6 +81,20 @@ def best_static(subject: Subject, blocks: list[str]) -> dict[int, tuple[float, t
     return best
 
 
+def oracle(subject: Subject, strategy: Strategy) -> tuple[float, float]:
+    """(mean executed blocks, eval accuracy) of the training oracle's decisions on eval inputs."""
+    untrained = BuildConfig(gates=GateTrainConfig(warm_epochs=0, reinforce_steps=0))
+    model = build_candidate(subject, strategy, untrained).model
+    config = GateTrainConfig()
+    alphas = torch.tensor(model.alphas)
+    inputs = subject.workload.eval.inputs
+    decisions, _ = oracle_decisions(model, inputs, alphas, config.temperature, config.oracle_sweeps)
+    with torch.no_grad(), model.deciding(decisions):
+        out = model(inputs).numpy()
+    accuracy = subject.workload.metric(out, subject.workload.eval.targets.numpy())
+    return float(decisions.sum(1).mean()), float(accuracy)
+
+
 def _interp(static: dict[int, float], executed: float) -> float:
     lo, hi = int(np.floor(executed)), int(np.ceil(executed))
     if lo == hi:
@@ -108,9 +129,10 @@ def run_workload(name: str, alphas: list[float], lines: list[str]) -> None:
     )
     lines.append(
         "| controller α | executed blocks (mean) | accuracy % | best static % at same count | "
-        "margin (pts) | latency mean / median / p90 ms | vs ungated | train s |"
+        "margin (pts) | latency mean / median / p90 ms | vs ungated | train s | "
+        "oracle: executed / accuracy % / margin |"
     )
-    lines.append("|---:|---:|---:|---:|---:|---|---:|---:|")
+    lines.append("|---:|---:|---:|---:|---:|---|---:|---:|---|")
     static_acc = {k: v[0] for k, v in static.items()}
     for alpha in alphas:
         strategy = Strategy({b: {"dynamic_skip": alpha} for b in blocks})
@@ -119,11 +141,14 @@ def run_workload(name: str, alphas: list[float], lines: list[str]) -> None:
         executed = float(gates["executed_blocks"])
         ref = _interp(static_acc, executed)
         lat = m.latency
+        oracle_executed, oracle_acc = oracle(subject, strategy)
+        oracle_margin = oracle_acc - _interp(static_acc, oracle_executed)
         lines.append(
             f"| {alpha:g} | {executed:.2f} | {m.accuracy:.2f} | {ref:.2f} | "
             f"{m.accuracy - ref:+.2f} | {lat.input_mean_ms:.3f} / "
             f"{lat.input_median_ms:.3f} / {lat.input_p90_ms:.3f} | "
-            f"{lat.expected_ms / base_ms:.2f}x | {m.info['gate_training']['seconds']:.0f} |"
+            f"{lat.expected_ms / base_ms:.2f}x | {m.info['gate_training']['seconds']:.0f} | "
+            f"{oracle_executed:.2f} / {oracle_acc:.2f} / {oracle_margin:+.2f} |"
         )
         print(lines[-1], flush=True)
     lines.append("")
