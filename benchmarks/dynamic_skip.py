@@ -2,7 +2,8 @@
 
 Usage:
     python benchmarks/dynamic_skip.py [--workloads digits-resnet mnist1d-transformer]
-                                      [--alphas 0.5 1 2 4 8] [--out FILE]
+                                      [--alphas 0.5 1 2 4 8] [--recovery none|short|full]
+                                      [--out FILE]
 
 Per workload, every skippable block is gated by one controller (``dynamic_skip`` = α on each),
 trained as a candidate build trains it (straight-through warm start, then REINFORCE; backbone
@@ -17,8 +18,13 @@ mean over inputs of each input's median (controller and ``If`` overhead included
 The **oracle** columns bound what any controller of this backbone could do at the same α: the
 training oracle's per-input decisions (coordinate search on the training objective, against the
 ungated model's own outputs; no labels) computed on the *eval* inputs themselves. It is not
-deployable (it runs the ungated model first); it shows whether a gap to static comes from per-input
-gating itself or from the controller's predictions.
+deployable (it runs the ungated model first; shown without ``--recovery`` only); it shows whether
+a gap to static comes from per-input gating itself or from the controller's predictions.
+
+``--recovery LEVEL`` builds every candidate with that distillation fine-tune, as the search's
+``--recovery`` does: static skips are recovered (the subset chosen without recovery), and a gated
+backbone gets the joint fine-tune under its controller's decisions (:mod:`runners.build`). The
+all-skipped row keeps its BatchNorm-only accuracy.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from envs.workloads import get_workload
 from runners.build import BuildConfig, Subject, build_candidate
 from runners.evaluate import EvalConfig, Measurement, measure
 from runners.gate_training import GateTrainConfig, oracle_decisions
+from runners.recovery import recovery_preset
 from search_spaces import Strategy
 
 EXHAUSTIVE_LIMIT = 256
@@ -103,10 +110,10 @@ def _interp(static: dict[int, float], executed: float) -> float:
     return (1 - w) * static[lo] + w * static[hi]
 
 
-def run_workload(name: str, alphas: list[float], lines: list[str]) -> None:
+def run_workload(name: str, alphas: list[float], recovery: str, lines: list[str]) -> None:
     workload = get_workload(name)
     subject = Subject.prepare(workload)
-    config = EvalConfig()
+    config = EvalConfig(build=BuildConfig(recovery=recovery_preset(recovery)))
     blocks = [u.name for u in subject.units if u.allows("dynamic_skip")]
     print(f"{name}: {len(blocks)} skippable blocks", flush=True)
 
@@ -134,6 +141,7 @@ def run_workload(name: str, alphas: list[float], lines: list[str]) -> None:
     )
     lines.append("|---:|---:|---:|---:|---:|---|---:|---:|---|")
     static_acc = {k: v[0] for k, v in static.items()}
+    static_acc.update({k: m.accuracy for k, m in static_latency.items()})  # recovered, if on
     for alpha in alphas:
         strategy = Strategy({b: {"dynamic_skip": alpha} for b in blocks})
         m = measure(subject, strategy, config)
@@ -141,20 +149,24 @@ def run_workload(name: str, alphas: list[float], lines: list[str]) -> None:
         executed = float(gates["executed_blocks"])
         ref = _interp(static_acc, executed)
         lat = m.latency
-        oracle_executed, oracle_acc = oracle(subject, strategy)
-        oracle_margin = oracle_acc - _interp(static_acc, oracle_executed)
+        oracle_cells = "–"  # the oracle of a backbone without recovery
+        if not config.build.recovery.enabled:
+            oracle_executed, oracle_acc = oracle(subject, strategy)
+            oracle_margin = oracle_acc - _interp(static_acc, oracle_executed)
+            oracle_cells = f"{oracle_executed:.2f} / {oracle_acc:.2f} / {oracle_margin:+.2f}"
         lines.append(
             f"| {alpha:g} | {executed:.2f} | {m.accuracy:.2f} | {ref:.2f} | "
             f"{m.accuracy - ref:+.2f} | {lat.input_mean_ms:.3f} / "
             f"{lat.input_median_ms:.3f} / {lat.input_p90_ms:.3f} | "
             f"{lat.expected_ms / base_ms:.2f}x | {m.info['gate_training']['seconds']:.0f} | "
-            f"{oracle_executed:.2f} / {oracle_acc:.2f} / {oracle_margin:+.2f} |"
+            f"{oracle_cells} |"
         )
         print(lines[-1], flush=True)
     lines.append("")
     lines.append("| blocks executed | best static skip | accuracy % | latency ms | vs ungated |")
     lines.append("|---:|---|---:|---:|---:|")
-    for executed, (acc, skipped) in sorted(static.items(), reverse=True):
+    for executed, (_, skipped) in sorted(static.items(), reverse=True):
+        acc = static_acc[executed]
         lat = static_latency.get(executed)
         ms = lat.latency.median_ms if lat else (base_ms if executed == len(blocks) else math.nan)
         timing = "not measured | –" if math.isnan(ms) else f"{ms:.3f} | {ms / base_ms:.2f}x"
@@ -166,17 +178,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workloads", nargs="+", default=["digits-resnet", "mnist1d-transformer"])
     parser.add_argument("--alphas", nargs="+", type=float, default=[0.5, 1.0, 2.0, 4.0, 8.0])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dynamic_skip.md"))
+    parser.add_argument("--recovery", default="none", help="none, short or full")
+    parser.add_argument("--out", type=Path, help="default: results/dynamic_skip[_LEVEL].md")
     args = parser.parse_args()
+    recovery = recovery_preset(args.recovery)
+    suffix = "" if args.recovery == "none" else f"_{args.recovery}"
+    args.out = args.out or Path(f"benchmarks/results/dynamic_skip{suffix}.md")
     torch.set_num_threads(1)
     lines = [
         "# Dynamic skip vs static skip (ONNX Runtime CPU, batch 1, 1 thread)\n",
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
         f"{torch.__version__}. Command: `python benchmarks/dynamic_skip.py "
-        f"--workloads {' '.join(args.workloads)} --alphas {' '.join(map(str, args.alphas))}`\n",
+        f"--workloads {' '.join(args.workloads)} --alphas {' '.join(map(str, args.alphas))} "
+        f"--recovery {args.recovery}` (distillation steps: {recovery.steps})\n",
     ]
     for name in args.workloads:
-        run_workload(name, args.alphas, lines)
+        run_workload(name, args.alphas, args.recovery, lines)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         write_table(args.out, "\n".join(lines) + "\n")
     print("\n".join(lines))

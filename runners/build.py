@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import copy
+import math
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from torch import nn
 
@@ -104,14 +105,30 @@ def build_candidate(
                 max_batches=config.bn_batches,
             )
     notes: dict[str, object] = {}
-    if structural and config.recovery.enabled:
-        # the backbone is fine-tuned whole; the controller learns on the recovered blocks
+    recover = structural and config.recovery.enabled
+    train = subject.workload.train
+    if recover:
+        # A gated backbone gets half the steps with its gates open (so the controller learns on
+        # recovered blocks) and half after, under the controller's decisions.
+        first = config.recovery
+        if dynamic is not None:
+            first = replace(first, steps=math.ceil(first.steps / 2))
         with dynamic.forced(True) if dynamic is not None else nullcontext():
-            recovered = distill(model, subject.model, subject.workload.train, config.recovery)
-        notes["recovery"] = asdict(recovered)
+            notes["recovery"] = asdict(distill(model, subject.model, train, first))
     if dynamic is not None:
-        stats = train_controller(dynamic, subject.workload.train.inputs, config.gates)
+        stats = train_controller(dynamic, train.inputs, config.gates)
         notes["gate_training"] = asdict(stats)
+        if recover:
+            # SkipNet's and BlockDrop's joint fine-tune: the backbone learns the skips its
+            # controller makes (the controller stays frozen), which undoes most of the damage
+            # of its wrong skips (benchmarks/dynamic_skip.py, --recovery)
+            joint = replace(
+                config.recovery,
+                steps=config.recovery.steps - first.steps,
+                seed=config.recovery.seed + 1,
+            )
+            dynamic.backbone.requires_grad_(True)
+            notes["joint_recovery"] = asdict(distill(model, subject.model, train, joint))
     calibration = subject.workload.train.inputs[: config.calibration_samples]
     return Candidate(
         model=model,
