@@ -148,6 +148,7 @@ def _localize_branch_weights(path: Path) -> int:
     for name in sorted(movable):
         readers[name][0].initializer.append(initializers[name])
     copied = 0
+    gone = set(movable)
     for name, graphs in sorted(readers.items()):
         tensor = initializers[name]
         if name in movable or int(np.prod(tensor.dims)) > SHARED_CONSTANT_LIMIT:
@@ -159,7 +160,9 @@ def _localize_branch_weights(path: Path) -> int:
             branch.initializer.append(copy)
             _rename_inputs(branch, {name: copy.name})
             copied += 1
-    kept = [t for t in graph.initializer if t.name not in movable]
+        if name not in main_reads:
+            gone.add(name)
+    kept = [t for t in graph.initializer if t.name not in gone]
     del graph.initializer[:]
     graph.initializer.extend(kept)
     onnx.save(model, str(path))

@@ -173,9 +173,12 @@ def test_onnx_branches_own_their_weights_so_ort_fuses_inside_them(tmp_path):
         attr.g for node in model.graph.node if node.op_type == "If" for attr in node.attribute
     ]
     assert len(branches) == 2 * len(built.gated)
+    read = {name for node in model.graph.node for name in node.input}
     for branch in branches:
         reads = {name for node in branch.node for name in node.input}
         assert not reads & outer, f"{branch.name} reads outer initializers {reads & outer}"
+        read |= reads
+    assert outer <= read, f"initializers nothing reads: {outer - read}"
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
