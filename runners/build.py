@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import copy
-import math
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
@@ -107,28 +106,16 @@ def build_candidate(
     notes: dict[str, object] = {}
     recover = structural and config.recovery.enabled
     train = subject.workload.train
-    if recover:
-        # A gated backbone gets half the steps with its gates open (so the controller learns on
-        # recovered blocks) and half after, under the controller's decisions.
-        first = config.recovery
-        if dynamic is not None:
-            first = replace(first, steps=math.ceil(first.steps / 2))
-        with dynamic.forced(True) if dynamic is not None else nullcontext():
-            notes["recovery"] = asdict(distill(model, subject.model, train, first))
+    if recover and dynamic is None:
+        notes["recovery"] = asdict(distill(model, subject.model, train, config.recovery))
     if dynamic is not None:
         stats = train_controller(dynamic, train.inputs, config.gates)
         notes["gate_training"] = asdict(stats)
         if recover:
-            # SkipNet's and BlockDrop's joint fine-tune: the backbone learns the skips its
-            # controller makes (the controller stays frozen), which undoes most of the damage
-            # of its wrong skips (benchmarks/dynamic_skip.py, --recovery)
-            joint = replace(
-                config.recovery,
-                steps=config.recovery.steps - first.steps,
-                seed=config.recovery.seed + 1,
-            )
+            # SkipNet's and BlockDrop's joint fine-tune: the backbone learns, under its
+            # controller's decisions (controller frozen), the skips it will actually see
             dynamic.backbone.requires_grad_(True)
-            notes["joint_recovery"] = asdict(distill(model, subject.model, train, joint))
+            notes["recovery"] = asdict(distill(model, subject.model, train, config.recovery))
     calibration = subject.workload.train.inputs[: config.calibration_samples]
     return Candidate(
         model=model,

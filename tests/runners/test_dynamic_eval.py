@@ -65,44 +65,48 @@ def test_build_trains_the_controller_and_records_it(subject: Subject):
     assert any(not torch.equal(trained[k], untrained[k]) for k in trained)
 
 
-def test_recovery_of_a_gated_backbone_ends_under_the_controllers_decisions(subject, monkeypatch):
-    """Half the distillation steps run with the gates open before the controller learns, half
-    after it, under its decisions; only the backbone learns in the second half."""
+def test_recovery_of_a_gated_backbone_runs_under_the_controllers_decisions(subject, monkeypatch):
+    """The distillation runs after the controller learns, with its gates deciding (not forced
+    open); only the backbone learns."""
     import runners.build as build
     from runners.recovery import RecoveryConfig, distill
 
     calls: list[dict[str, object]] = []
 
     def spy(student, teacher, train, config):
-        state = student.state
-        calls.append({"steps": config.steps, "forced": state.force})
         controller = {k: v.clone() for k, v in student.controller.state_dict().items()}
         backbone = {k: v.clone() for k, v in student.backbone.state_dict().items()}
+        calls.append({"forced": student.state.force, "trained": controller_trained(student)})
         stats = distill(student, teacher, train, config)
+        after = student.state_dict()
         calls[-1]["controller_moved"] = any(
-            not torch.equal(v, student.controller.state_dict()[k]) for k, v in controller.items()
+            not torch.equal(v, after[f"controller.{k}"]) for k, v in controller.items()
         )
         calls[-1]["backbone_moved"] = any(
-            not torch.equal(v, student.backbone.state_dict()[k]) for k, v in backbone.items()
+            not torch.equal(v, after[f"backbone.{k}"]) for k, v in backbone.items()
         )
         return stats
 
-    monkeypatch.setattr(build, "distill", spy)
     blocks = [u.name for u in subject.units if u.allows("dynamic_skip")]
-    config = BuildConfig(
-        bn_batches=1,
-        gates=FAST.build.gates,
-        recovery=RecoveryConfig(steps=5, batch_size=16),
-    )
-    candidate = build_candidate(
-        subject, Strategy({b: {"dynamic_skip": 4.0} for b in blocks}), config
-    )
+    strategy = Strategy({b: {"dynamic_skip": 4.0} for b in blocks})
+    untrained = build_candidate(
+        subject, strategy, BuildConfig(gates=GateTrainConfig(warm_epochs=0, reinforce_steps=0))
+    ).model.controller.state_dict()
 
-    assert [c["steps"] for c in calls] == [3, 2]
-    assert calls[0]["forced"] is True and calls[1]["forced"] is None
-    assert calls[1]["backbone_moved"] and not calls[1]["controller_moved"]
-    assert candidate.notes["recovery"]["steps"] == 3
-    assert candidate.notes["joint_recovery"]["steps"] == 2
+    def controller_trained(model: DynamicSkipModel) -> bool:
+        now = model.controller.state_dict()
+        return any(not torch.equal(now[k], untrained[k]) for k in now)
+
+    monkeypatch.setattr(build, "distill", spy)
+    config = BuildConfig(
+        bn_batches=1, gates=FAST.build.gates, recovery=RecoveryConfig(steps=4, batch_size=16)
+    )
+    candidate = build_candidate(subject, strategy, config)
+
+    assert len(calls) == 1
+    assert calls[0]["trained"] and calls[0]["forced"] is None
+    assert calls[0]["backbone_moved"] and not calls[0]["controller_moved"]
+    assert candidate.notes["recovery"]["steps"] == 4
     assert candidate.notes["gate_training"]["steps"] == 8
 
 
