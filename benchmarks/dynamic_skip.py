@@ -6,7 +6,7 @@ Usage:
                                       [--out FILE]
 
 Per workload, every skippable block is gated by one controller (``dynamic_skip`` = α on each),
-trained as a candidate build trains it (straight-through warm start, then REINFORCE; backbone
+trained as a candidate build trains it (imitation of a per-input oracle, then REINFORCE; backbone
 frozen), exported with ONNX ``If`` nodes and measured at batch 1, 1 thread, rotating over 64 eval
 inputs. The comparison is the **best static skip** of each number of blocks: every subset when
 there are at most 256, else greedy, each with BatchNorm re-estimation, chosen by *eval* accuracy

@@ -116,7 +116,7 @@ def build_candidate(
             # controller's decisions (controller frozen), the skips it will actually see
             dynamic.backbone.requires_grad_(True)
             notes["recovery"] = asdict(distill(model, subject.model, train, config.recovery))
-    calibration = subject.workload.train.inputs[: config.calibration_samples]
+    calibration = train.inputs[: config.calibration_samples]
     return Candidate(
         model=model,
         example_input=subject.workload.example_input,
