@@ -236,14 +236,14 @@ def _warm_start(
         for i in range(0, n, 64):
             idx = order[i : i + 64]
             state = controller.initial_state(len(idx), features[0])
-            previous = torch.ones(len(idx))
+            previous = torch.ones(len(idx), 1)
             logits = []
             for k, f in enumerate(features):
                 logit, state = controller.step(k, f[idx], state, previous)
                 logits.append(logit)
-                previous = labels[idx, k]  # teacher forcing: the oracle's own path
+                previous = labels[idx, k : k + 1]  # teacher forcing: the oracle's own path
             loss = F.binary_cross_entropy_with_logits(
-                torch.stack(logits, 1), labels[idx], pos_weight=torch.tensor(config.run_weight)
+                torch.cat(logits, 1), labels[idx], pos_weight=torch.tensor(config.run_weight)
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
