@@ -22,9 +22,11 @@ from runners.export import (
     int8_everywhere,
     load_torch_export,
 )
+from runners.gate_training import GateTrainConfig
 from runners.onnxruntime import _open_session
 from runners.recovery import RecoveryConfig
 from search_spaces import Strategy
+from search_spaces.dynamic import DynamicSkipModel
 from search_spaces.errors import StrategyError
 
 from models import QUICK_LATENCY, self_labelled_subject
@@ -158,3 +160,63 @@ def test_a_non_empty_out_or_a_bad_strategy_is_refused_before_any_work(subject, s
         export_candidate(
             subject, strategy, "coreml", tmp_path / "x", config=FAST, recovery=RECOVERY
         )
+
+
+GATED = EvalConfig(
+    latency=QUICK_LATENCY,
+    build=BuildConfig(
+        bn_batches=1, gates=GateTrainConfig(warm_inputs=64, warm_epochs=4, reinforce_steps=4)
+    ),
+)
+
+
+@pytest.fixture(scope="module")
+def gated_strategy(subject: Subject) -> Strategy:
+    blocks = [u.name for u in subject.units if u.allows("dynamic_skip")]
+    return Strategy({b: {"dynamic_skip": 4.0} for b in blocks})
+
+
+def test_onnx_export_of_a_dynamic_skip_candidate_carries_its_controller(
+    subject, gated_strategy, tmp_path
+):
+    """The exported graph decides per input (If nodes, a second ``gates`` output) and its
+    decisions and outputs are the reported ones."""
+    out = tmp_path / "export"
+
+    export_candidate(subject, gated_strategy, "onnx", out, config=GATED, recovery=RECOVERY)
+
+    saved = json.loads((out / EXPORT_FILE).read_text())
+    graph = onnx.load(str(out / "model.onnx")).graph
+    gated = saved["candidate"]["info"]["dynamic"]["gated_blocks"]
+    assert sum(n.op_type == "If" for n in graph.node) == gated
+    session = _open_session(out / "model.onnx", 1, ["CPUExecutionProvider"])
+    split = subject.workload.eval
+    logits, gates = session.run(None, {session.get_inputs()[0].name: split.inputs.numpy()})
+    assert gates.shape == (len(split.inputs), gated)
+    assert float(gates.sum(1).mean()) == pytest.approx(
+        saved["candidate"]["info"]["dynamic"]["executed_blocks"], abs=1e-6
+    )
+    accuracy = float((logits.argmax(1) == split.targets.numpy()).mean() * 100)
+    assert accuracy == pytest.approx(saved["summary"]["accuracy"], abs=1e-9)
+
+
+def test_torch_export_of_a_dynamic_skip_candidate_rebuilds_the_gated_model(
+    subject, gated_strategy, tmp_path
+):
+    out = tmp_path / "export"
+    exported = export_candidate(
+        subject, gated_strategy, "torch", out, config=GATED, recovery=RECOVERY
+    )
+
+    model = load_torch_export(out, subject)
+
+    assert isinstance(model, DynamicSkipModel)
+    state = torch.load(out / "model.pt", weights_only=True)
+    assert any(k.startswith("controller.") for k in state)
+    split = subject.workload.eval
+    with torch.no_grad():
+        preds = model(split.inputs).argmax(1)
+        executed = float(model.last_gates().sum(1).mean())
+    accuracy = float((preds == split.targets).float().mean() * 100)
+    assert accuracy == pytest.approx(exported.candidate.accuracy, abs=1e-9)
+    assert executed == pytest.approx(exported.candidate.info["dynamic"]["executed_blocks"])
