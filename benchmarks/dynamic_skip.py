@@ -13,7 +13,9 @@ there are at most 256, else greedy, each with BatchNorm re-estimation, chosen by
 (an optimistic static baseline: it is picked on the data it is scored on). Dynamic accuracy is
 compared with the static accuracy at the same mean executed-block count (linear between the two
 neighbouring counts). Latencies: "ungated" is the unchanged model; the gated model's figure is the
-mean over inputs of each input's median (controller and ``If`` overhead included).
+mean over inputs of each input's median (controller and ``If`` overhead included). The ungated
+model is timed again after every candidate, and each ratio divides by the ungated times taken
+just before and just after that candidate, so a slow spell of the machine cannot flatter a ratio.
 
 The **oracle** columns bound what any controller of this backbone could do at the same α: the
 training oracle's per-input decisions (coordinate search on the training objective, against the
@@ -31,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import math
 import os
 import platform
 import sys
@@ -49,6 +50,7 @@ from envs.workloads import get_workload
 from runners.build import BuildConfig, Subject, build_candidate
 from runners.evaluate import EvalConfig, Measurement, measure
 from runners.gate_training import GateTrainConfig, oracle_decisions
+from runners.latency import cpu_model
 from runners.recovery import recovery_preset
 from search_spaces import Strategy
 
@@ -102,6 +104,27 @@ def oracle(subject: Subject, strategy: Strategy) -> tuple[float, float]:
     return float(decisions.sum(1).mean()), float(accuracy)
 
 
+class PairedBaseline:
+    """The ungated model's latency, measured again after every candidate, so that each ratio
+    divides by the ungated figures taken just before and just after it: a slow spell of the
+    machine then moves both sides of the ratio (one baseline at the start once came out 37 %
+    slow and flattered every ratio of its workload)."""
+
+    def __init__(self, subject: Subject, config: EvalConfig) -> None:
+        self.subject, self.config = subject, config
+        self.first = measure(subject, Strategy(), config)
+        self.ms = [self.first.latency.expected_ms]
+
+    def ratio(self, candidate: Measurement) -> float:
+        before = self.ms[-1]
+        self.ms.append(measure(self.subject, Strategy(), self.config).latency.expected_ms)
+        return candidate.latency.expected_ms / ((before + self.ms[-1]) / 2)
+
+    @property
+    def median_ms(self) -> float:
+        return float(np.median(self.ms))
+
+
 def _interp(static: dict[int, float], executed: float) -> float:
     lo, hi = int(np.floor(executed)), int(np.ceil(executed))
     if lo == hi:
@@ -120,31 +143,22 @@ def run_workload(name: str, alphas: list[float], recovery: str, lines: list[str]
     start = time.perf_counter()
     static = best_static(subject, blocks)
     static_s = time.perf_counter() - start
-    base = measure(subject, Strategy(), config)
+    paired = PairedBaseline(subject, config)
     static_latency: dict[int, Measurement] = {}
+    static_ratio: dict[int, float] = {}
     for executed, (_, skipped) in sorted(static.items()):
         if 0 < executed < len(blocks):
-            static_latency[executed] = measure(
-                subject, Strategy({b: {"skip": True} for b in skipped}), config
-            )
-    base_ms = base.latency.expected_ms
+            m = measure(subject, Strategy({b: {"skip": True} for b in skipped}), config)
+            static_latency[executed] = m
+            static_ratio[executed] = paired.ratio(m)
 
-    lines.append(f"## {name} — {len(blocks)} gated blocks\n")
-    lines.append(
-        f"Ungated: accuracy {base.accuracy:.2f} %, latency {base_ms:.3f} ms (median, "
-        f"p90 {base.latency.p90_ms:.3f}). Best static skips: {static_s:.0f} s to search.\n"
-    )
-    lines.append(
-        "| controller α | executed blocks (mean) | accuracy % | best static % at same count | "
-        "margin (pts) | latency mean / median / p90 ms | vs ungated | train s | "
-        "oracle: executed / accuracy % / margin |"
-    )
-    lines.append("|---:|---:|---:|---:|---:|---|---:|---:|---|")
+    rows = []
     static_acc = {k: v[0] for k, v in static.items()}
     static_acc.update({k: m.accuracy for k, m in static_latency.items()})  # recovered, if on
     for alpha in alphas:
         strategy = Strategy({b: {"dynamic_skip": alpha} for b in blocks})
         m = measure(subject, strategy, config)
+        ratio = paired.ratio(m)
         gates = m.info["dynamic"]
         executed = float(gates["executed_blocks"])
         ref = _interp(static_acc, executed)
@@ -154,22 +168,43 @@ def run_workload(name: str, alphas: list[float], recovery: str, lines: list[str]
             oracle_executed, oracle_acc = oracle(subject, strategy)
             oracle_margin = oracle_acc - _interp(static_acc, oracle_executed)
             oracle_cells = f"{oracle_executed:.2f} / {oracle_acc:.2f} / {oracle_margin:+.2f}"
-        lines.append(
+        rows.append(
             f"| {alpha:g} | {executed:.2f} | {m.accuracy:.2f} | {ref:.2f} | "
             f"{m.accuracy - ref:+.2f} | {lat.input_mean_ms:.3f} / "
             f"{lat.input_median_ms:.3f} / {lat.input_p90_ms:.3f} | "
-            f"{lat.expected_ms / base_ms:.2f}x | {m.info['gate_training']['seconds']:.0f} | "
+            f"{ratio:.2f}x | {m.info['gate_training']['seconds']:.0f} | "
             f"{oracle_cells} |"
         )
-        print(lines[-1], flush=True)
+        print(rows[-1], flush=True)
+
+    base = paired.first
+    base_ms = paired.median_ms
+    lines.append(f"## {name} — {len(blocks)} gated blocks\n")
+    lines.append(
+        f"Ungated: accuracy {base.accuracy:.2f} %, latency {base_ms:.3f} ms (median of "
+        f"{len(paired.ms)} measurements, {min(paired.ms):.3f}–{max(paired.ms):.3f}; each "
+        "'vs ungated' divides by the mean of the two taken just before and just after it). "
+        f"Best static skips: {static_s:.0f} s to search.\n"
+    )
+    lines.append(
+        "| controller α | executed blocks (mean) | accuracy % | best static % at same count | "
+        "margin (pts) | latency mean / median / p90 ms | vs ungated | train s | "
+        "oracle: executed / accuracy % / margin |"
+    )
+    lines.append("|---:|---:|---:|---:|---:|---|---:|---:|---|")
+    lines.extend(rows)
     lines.append("")
     lines.append("| blocks executed | best static skip | accuracy % | latency ms | vs ungated |")
     lines.append("|---:|---|---:|---:|---:|")
     for executed, (_, skipped) in sorted(static.items(), reverse=True):
         acc = static_acc[executed]
         lat = static_latency.get(executed)
-        ms = lat.latency.median_ms if lat else (base_ms if executed == len(blocks) else math.nan)
-        timing = "not measured | –" if math.isnan(ms) else f"{ms:.3f} | {ms / base_ms:.2f}x"
+        if lat is not None:
+            timing = f"{lat.latency.median_ms:.3f} | {static_ratio[executed]:.2f}x"
+        elif executed == len(blocks):
+            timing = f"{base_ms:.3f} | 1.00x"
+        else:
+            timing = "not measured | –"
         lines.append(f"| {executed} | {', '.join(skipped) or '–'} | {acc:.2f} | {timing} |")
     lines.append("")
 
@@ -187,7 +222,7 @@ def main() -> None:
     torch.set_num_threads(1)
     lines = [
         "# Dynamic skip vs static skip (ONNX Runtime CPU, batch 1, 1 thread)\n",
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+        f"{cpu_model() or platform.machine()}, {os.cpu_count()} cores, torch "
         f"{torch.__version__}. Command: `python benchmarks/dynamic_skip.py "
         f"--workloads {' '.join(args.workloads)} --alphas {' '.join(map(str, args.alphas))} "
         f"--recovery {args.recovery}` (distillation steps: {recovery.steps})\n",
