@@ -31,7 +31,7 @@ from _common import write_table
 from envs.workloads import get_workload, list_workloads
 from runners.build import Subject
 from runners.evaluate import EvalConfig, Measurement, measure
-from runners.latency import LatencyConfig
+from runners.latency import LatencyConfig, cpu_model
 from search_spaces import Strategy
 
 
@@ -75,14 +75,7 @@ def strategies(subject: Subject) -> dict[str, Strategy]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model() or platform.processor() or platform.machine()
     import onnxruntime
 
     return (

@@ -46,8 +46,8 @@ class DynamicSkipHandler(ActionHandler):
     order = 35  # after skip (a skipped block is not gated), before precision
     # Without recovery, α 2 keeps static-skip accuracy on both built-ins; 4 gains 4 points over
     # static on mnist1d-transformer and loses 0.4 on digits (benchmarks/results/dynamic_skip.md).
-    # After full recovery static skips win on both (dynamic_skip_full.md), which the search sees
-    # for itself when it runs with --recovery: every candidate is measured, none is assumed
+    # After full recovery static skips win on both (dynamic_skip_full.md); the choices stay, as
+    # every candidate is measured and the search keeps a gated one only where it pays.
     choices = (0.0, 2.0, 4.0)
     identity = 0.0
     searched_by_default = False
