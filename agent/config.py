@@ -1,4 +1,10 @@
-"""`SearchConfig`: everything one search needs, from the CLI and/or a TOML/YAML file."""
+"""`SearchConfig`: everything one search needs, from the CLI and/or a TOML/YAML file.
+
+`eval_spec` turns a config into the `EvalSpec` its workers measure with (and `build_config`
+into how each candidate is built); the spec is persisted in ``search.json``
+(`agent.search_dir.SearchDir`), so export, report and resume read it back instead of
+rebuilding it.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,15 @@ import json
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from agent.ppo import PPOSettings
 from envs.reward import RewardConfig
 from runners.latency import LatencyConfig
+
+if TYPE_CHECKING:
+    from runners.build import BuildConfig
+    from runners.job import EvalSpec
 
 AGENTS = ("ppo", "random", "uniform", "tpe")
 MEASURES = ("latency", "flops")
@@ -194,3 +204,36 @@ def load_config(path: Path) -> SearchConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a table/mapping at the top level")
     return config_from_dict(data)
+
+
+def build_config(config: SearchConfig) -> BuildConfig:
+    """How the search builds each candidate (BatchNorm re-estimation, recovery level)."""
+    from runners.build import BuildConfig
+    from runners.recovery import recovery_preset
+
+    return BuildConfig(bn_batches=config.bn_batches, recovery=recovery_preset(config.recovery))
+
+
+def eval_spec(config: SearchConfig) -> EvalSpec:
+    """The `EvalSpec` a search with ``config`` measures its candidates with.
+
+    Example:
+        >>> eval_spec(SearchConfig(threads=2)).eval.threads
+        2
+    """
+    from runners.evaluate import EvalConfig
+    from runners.job import EvalSpec
+
+    return EvalSpec(
+        workload=config.workload,
+        model=config.model,
+        seed=config.seed,
+        cache_dir=config.cache_dir,
+        eval=EvalConfig(
+            runtime=config.runtime,
+            threads=config.threads,
+            latency=replace(config.latency, batch_size=config.batch_size),
+            build=build_config(config),
+            time_latency=config.measure == "latency",
+        ),
+    )

@@ -1,21 +1,45 @@
-"""``layerpilot export``: pick a candidate of a finished (or interrupted) search and ship it.
+"""Pick a candidate of a finished (or interrupted) search and ship it (``layerpilot export``).
 
 The source is a search directory or an MLflow run id (a search's parent run, or one candidate
 run). The candidate is rebuilt from its strategy, fully recovered, measured against the baseline
 on the format's runtime, written by :func:`runners.export.export_candidate`, and logged to MLflow
-as a run nested under the search (``--register NAME`` also registers the model).
+as a run nested under the search (the command, `agent.cli.export`, does the logging).
+
+The candidate is measured as the search measured it: the `EvalSpec` persisted in its
+``search.json`` or its parent run (threads, latency protocol, BatchNorm re-estimation, gates);
+an older search that did not persist one gets the spec its saved config implies.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.records import CandidateRecord
+from agent.search_dir import SearchDir
+
+if TYPE_CHECKING:
+    from runners.build import Subject
+    from runners.evaluate import EvalConfig
+    from runners.export import ExportedModel
+    from runners.job import EvalSpec
+    from runners.recovery import RecoveryConfig
+    from runners.result import Measurement
+
+Progress = Callable[[str], None] | None
+
+
+class SearchSourceError(ValueError):
+    """A target that names no layerpilot search (the message says what it is instead)."""
+
+
+class CandidateChoiceError(ValueError):
+    """No candidate of the search fits the request (the message names the candidates and what
+    to change)."""
 
 
 @dataclass(frozen=True)
@@ -24,53 +48,59 @@ class SearchSource:
 
     label: str
     """The directory or run id the user gave."""
-    config: dict[str, Any]
-    """The search's settings (``workload``/``model``, ``seed``, ``threads``, ``batch_size``,
-    ``bn_batches``, ``cache_dir``, ``latency``), as far as the source records them."""
+    spec: EvalSpec
+    """How the search measured its candidates (workload, seed, threads, latency, build)."""
     records: list[CandidateRecord]
+    """Every candidate of the search, in evaluation order."""
     parent_run_id: str | None = None
+    """The search's MLflow parent run (the export is nested under it)."""
     tracking_uri: str | None = None
+    """Where the search is tracked."""
     default_candidate: int | None = None
     """The candidate a candidate run id points at."""
-    search_dir: Path | None = field(default=None)
+    search_dir: Path | None = None
+    """The search directory, when the source is one."""
 
 
 def load_source(target: str, tracking_uri: str | None = None) -> SearchSource:
     """The search at ``target``: a search directory, or an MLflow run id in ``tracking_uri``.
 
     Raises:
-        CliError: ``target`` is neither, or the directory is not a search directory.
+        agent.search_dir.SearchDirError: ``target`` is a directory but not a readable search
+            directory.
+        SearchSourceError: ``target`` is no directory and no search or candidate run id.
     """
-    from agent.cli import CliError
-    from agent.report import load_records
-
-    path = Path(target)
-    if (path / "search.json").is_file():
-        state = json.loads((path / "search.json").read_text())
-        mlflow_state = state.get("mlflow") or {}
+    sdir = SearchDir(target)
+    if sdir.exists() or sdir.path.exists():
+        state = sdir.read_state()  # raises "not a search directory" for a plain folder
+        ids = state.mlflow
         return SearchSource(
-            label=str(path),
-            config=dict(state.get("config") or {}),
-            records=load_records(path),
-            parent_run_id=mlflow_state.get("parent_run_id"),
-            tracking_uri=tracking_uri or mlflow_state.get("tracking_uri"),
-            search_dir=path,
+            label=str(sdir.path),
+            spec=sdir.eval_spec(state),
+            records=sdir.records(),
+            parent_run_id=state.parent_run_id,
+            tracking_uri=tracking_uri or (ids.tracking_uri if ids else None),
+            search_dir=sdir.path,
         )
-    if path.exists():
-        raise CliError(f"{target} is not a search directory (no search.json in it)")
     return _source_from_run(target, tracking_uri)
 
 
 def _source_from_run(run_id: str, tracking_uri: str | None) -> SearchSource:
-    from agent.cli import CliError
-    from agent.report import records_from_runs
-    from agent.tracking import PARENT_RUN_TAG, default_tracking_uri, load_run, load_search_runs
+    from agent.tracking import (
+        PARENT_RUN_TAG,
+        default_tracking_uri,
+        load_eval_spec,
+        load_run,
+        load_search_runs,
+        records_from_runs,
+    )
+    from runners.job import EvalSpec
 
     uri = tracking_uri or default_tracking_uri(Path.cwd())
     try:
         run = load_run(uri, run_id)
     except Exception as exc:  # MLflow raises its own types for an unknown id
-        raise CliError(
+        raise SearchSourceError(
             f"{run_id!r} is neither a search directory nor an MLflow run id in {uri}: {exc}"
         ) from None
     default = None
@@ -78,8 +108,29 @@ def _source_from_run(run_id: str, tracking_uri: str | None) -> SearchSource:
         default = int(run["tags"]["layerpilot.index"])
         run = load_run(uri, run["tags"][PARENT_RUN_TAG])
     elif run["tags"].get("layerpilot.kind") != "search":
-        raise CliError(f"MLflow run {run_id} is not a layerpilot search or candidate run")
-    params = run["params"]
+        raise SearchSourceError(f"MLflow run {run_id} is not a layerpilot search or candidate run")
+    saved = load_eval_spec(uri, run["run_id"])
+    spec = EvalSpec.from_dict(saved) if saved is not None else spec_from_params(run["params"])
+    return SearchSource(
+        label=run_id,
+        spec=spec,
+        records=records_from_runs(load_search_runs(uri, run["run_id"])),
+        parent_run_id=run["run_id"],
+        tracking_uri=uri,
+        default_candidate=default,
+    )
+
+
+def spec_from_params(params: Mapping[str, str]) -> EvalSpec:
+    """The `EvalSpec` of a search logged before its spec was saved, from its parent run's
+    params: workload or model, seed, threads, batch size, BatchNorm batches and the latency
+    protocol (the rest takes the search defaults).
+
+    Raises:
+        SearchSourceError: The params do not make a valid search config.
+    """
+    from agent.config import ConfigError, config_from_dict, eval_spec
+
     config: dict[str, Any] = {
         key: _param(params[key]) for key in ("workload", "model", "seed") if key in params
     }
@@ -93,14 +144,12 @@ def _source_from_run(run_id: str, tracking_uri: str | None) -> SearchSource:
     }
     if latency:
         config["latency"] = latency  # the search's timing protocol, as its parent run logged it
-    return SearchSource(
-        label=run_id,
-        config=config,
-        records=records_from_runs(load_search_runs(uri, run["run_id"])),
-        parent_run_id=run["run_id"],
-        tracking_uri=uri,
-        default_candidate=default,
-    )
+    try:
+        return eval_spec(config_from_dict(config))
+    except ConfigError as exc:
+        raise SearchSourceError(
+            f"the search's MLflow params are not a search config: {exc}"
+        ) from None
 
 
 def _param(text: str) -> Any:
@@ -113,15 +162,13 @@ def successful(source: SearchSource) -> list[CandidateRecord]:
     """The search's candidates with a finite accuracy and speedup.
 
     Raises:
-        CliError: There is none.
+        CandidateChoiceError: There is none.
     """
-    from agent.cli import CliError
-
     ok = [
         r for r in source.records if r.ok and math.isfinite(r.speedup) and math.isfinite(r.accuracy)
     ]
     if not ok:
-        raise CliError(
+        raise CandidateChoiceError(
             f"search {source.label} has no successful candidate "
             f"({len(source.records)} evaluated, all failed): nothing to export"
         )
@@ -132,10 +179,8 @@ def choose_candidate(source: SearchSource, which: str, max_drop: float) -> Candi
     """``best``: the fastest candidate within ``max_drop`` points; else the candidate index.
 
     Raises:
-        CliError: No successful candidate, none within ``max_drop``, or a bad index.
+        CandidateChoiceError: No successful candidate, none within ``max_drop``, or a bad index.
     """
-    from agent.cli import CliError
-
     ok = successful(source)
     if which == "best" and source.default_candidate is not None:
         which = str(source.default_candidate)
@@ -143,144 +188,51 @@ def choose_candidate(source: SearchSource, which: str, max_drop: float) -> Candi
         within = [r for r in ok if r.accuracy_drop <= max_drop]
         if not within:
             closest = min(ok, key=lambda r: r.accuracy_drop)
-            raise CliError(
+            raise CandidateChoiceError(
                 f"no candidate of {source.label} is within {max_drop} points of the baseline "
                 f"(the closest, #{closest.index}, drops {closest.accuracy_drop:.2f}); raise "
                 f"--max-drop or pick one with --candidate ID"
             )
         return max(within, key=lambda r: r.speedup)
     if not which.isdigit():
-        raise CliError(f"--candidate must be 'best' or a candidate index, got {which!r}")
+        raise CandidateChoiceError(
+            f"--candidate must be 'best' or a candidate index, got {which!r}"
+        )
     by_index = {r.index: r for r in source.records}
     record = by_index.get(int(which))
     if record is None:
-        raise CliError(
+        raise CandidateChoiceError(
             f"search {source.label} has no candidate {which} (indices {min(by_index)}–"
             f"{max(by_index)})"
         )
     if not record.ok:
-        raise CliError(f"candidate {which} failed in the search: {record.outcome.error}")
+        raise CandidateChoiceError(
+            f"candidate {which} failed in the search: {record.outcome.error}"
+        )
     return record
 
 
-def add_command(sub: Any) -> None:
-    from runners.export import FORMATS
-    from runners.recovery import RECOVERY_PRESETS
+def prepare(source: SearchSource, progress: Progress = None) -> tuple[Subject, EvalConfig]:
+    """The search's workload, prepared, and how to measure an export of it: the search's own
+    setup (`SearchSource.spec`), always timed (a latency-free search still exports a timing)."""
+    from runners.build import Subject
 
-    p = sub.add_parser(
-        "export",
-        help="build a search's best (or chosen) candidate, fully recovered, as a deployable model",
-        description="Rebuild a candidate from its strategy, fine-tune it by distillation, "
-        "measure it against the baseline, and write the model, strategy.json, export.json and "
-        "report.md to --out; the export is logged to MLflow under the search.",
-    )
-    p.add_argument("target", help="a search directory, or an MLflow run id (search or candidate)")
-    p.add_argument(
-        "--candidate",
-        default="best",
-        help="'best' (fastest within --max-drop, default) or a candidate index",
-    )
-    p.add_argument(
-        "--max-drop",
-        type=float,
-        default=1.0,
-        help="'best' considers candidates within this many accuracy points (default 1.0)",
-    )
-    p.add_argument("--format", required=True, choices=list(FORMATS), help="what to write")
-    p.add_argument("--out", type=Path, required=True, help="output directory (new or empty)")
-    p.add_argument(
-        "--recovery",
-        default="full",
-        choices=list(RECOVERY_PRESETS),
-        help="distillation fine-tune before export (default full)",
-    )
-    p.add_argument(
-        "--rerank",
-        type=int,
-        default=0,
-        metavar="K",
-        help="with --candidate best: fully recover the K fastest Pareto candidates, fastest "
-        "first, and export the first within --max-drop (the search's accuracy is a proxy)",
-    )
-    p.add_argument("--register", metavar="NAME", help="register the model under NAME in MLflow")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the search's)")
-    p.add_argument("--no-mlflow", action="store_true", help="write files only, log nothing")
-    p.add_argument("--json", action="store_true", help="print export.json's summary only")
-    p.set_defaults(func=cmd_export)
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from agent.cli import CliError, _console, _print_json, _stderr_progress
-    from runners.export import FORMATS, check_format
-    from runners.recovery import recovery_preset
-
-    if args.register and args.no_mlflow:
-        raise CliError("--register needs MLflow; drop --no-mlflow")
-    if args.rerank < 0:
-        raise CliError(f"--rerank must be >= 0, got {args.rerank}")
-    check_format(args.format)  # no GPU / no TensorRT: fail before loading anything
-    source = load_source(args.target, args.tracking_uri)
-    reranking = args.rerank > 0 and args.candidate == "best"
-    record = None if reranking else choose_candidate(source, args.candidate, args.max_drop)
-    progress = _stderr_progress(not args.json)
-    subject, eval_config = _prepare(source, progress)
-    recovery = recovery_preset(args.recovery)
-    trace: list[dict[str, float]] = []
-    baseline = None
-    if record is None:
-        record, trace, baseline = rerank(
-            source, subject, eval_config, recovery, args.rerank, args.max_drop, progress
-        )
-        if FORMATS[args.format] != eval_config.runtime:
-            baseline = None  # measured on another runtime than the format's
-    exported = _export(source, record, subject, eval_config, args, trace, baseline, progress)
-    model = None
-    if exported.format == "torch":
-        from runners.export import load_torch_export
-
-        model = load_torch_export(exported.out, subject)
-    logged: dict[str, str] = {}
-    if not args.no_mlflow:
-        from agent.tracking import default_tracking_uri, log_export
-
-        logged = log_export(
-            exported,
-            tracking_uri=source.tracking_uri or default_tracking_uri(Path.cwd()),
-            parent_run_id=source.parent_run_id,
-            register=args.register,
-            example_input=subject.workload.example_input,
-            torch_model=model,
-        )
-    summary = {
-        **exported.summary(),
-        "candidate": record.index,
-        "search_speedup": record.speedup,
-        "search_accuracy": record.accuracy,
-        "out": str(exported.out),
-        **logged,
-    }
-    if args.json:
-        _print_json(summary)
-        return 0
-    con = _console()
-    con.print((exported.out / exported.files["report"]).read_text())
-    con.print(f"[dim]written: {', '.join(sorted(exported.files.values()))} in {exported.out}")
-    if logged:
-        con.print(f"MLflow run {logged['run_id']}, model {logged['model_uri']}")
-        if "model_version" in logged:
-            con.print(f"registered as {args.register} version {logged['model_version']}")
-    return 0
+    spec = source.spec
+    if progress is not None:
+        progress(f"loading {spec.name}")
+    subject = Subject.prepare(spec.load_workload())
+    return subject, replace(spec.eval, time_latency=True)
 
 
 def rerank(
     source: SearchSource,
-    subject: Any,
-    config: Any,
-    recovery: Any,
+    subject: Subject,
+    config: EvalConfig,
+    recovery: RecoveryConfig,
     k: int,
     max_drop: float,
-    progress: Any = None,
-) -> tuple[CandidateRecord, list[dict[str, float]], Any]:
+    progress: Progress = None,
+) -> tuple[CandidateRecord, list[dict[str, float]], Measurement]:
     """The fastest of the search's ``k`` fastest Pareto candidates that is within ``max_drop``
     points *after* ``recovery``.
 
@@ -291,11 +243,8 @@ def rerank(
     recovered accuracy and drop) of every candidate tried, and the baseline measurement.
 
     Raises:
-        CliError: None of the ``k`` is within ``max_drop`` after recovery.
+        CandidateChoiceError: None of the ``k`` is within ``max_drop`` after recovery.
     """
-    from dataclasses import replace as _replace
-
-    from agent.cli import CliError
     from agent.report import pareto_front
     from runners.evaluate import measure
     from search_spaces import Strategy
@@ -303,14 +252,14 @@ def rerank(
     ok = successful(source)
     front = [ok[i] for i in pareto_front([(r.accuracy, r.speedup) for r in ok])]
     chosen = sorted(front, key=lambda r: -r.speedup)[:k]
-    build_config = _replace(config, build=_replace(config.build, recovery=recovery))
+    recovered = replace(config, build=replace(config.build, recovery=recovery))
     reference = measure(subject, Strategy(), config)
     baseline = reference.accuracy
     trace: list[dict[str, float]] = []
     for record in chosen:
         if progress is not None:
             progress(f"re-ranking: candidate {record.index} ({record.speedup:.2f}x in the search)")
-        accuracy = measure(subject, record.strategy, build_config).accuracy
+        accuracy = measure(subject, record.strategy, recovered).accuracy
         trace.append(
             {
                 "index": record.index,
@@ -322,65 +271,41 @@ def rerank(
         if baseline - accuracy <= max_drop:
             return record, trace, reference
     tried = ", ".join(f"#{t['index']:.0f}: {t['drop']:.2f}" for t in trace)
-    raise CliError(
+    raise CandidateChoiceError(
         f"none of the {len(chosen)} fastest Pareto candidates of {source.label} is within "
         f"{max_drop} points after {recovery.steps} recovery steps (drops: {tried}); raise "
         "--rerank or --max-drop"
     )
 
 
-def _prepare(source: SearchSource, progress: Any) -> tuple[Any, Any]:
-    """The search's workload, prepared, and how it measured (threads, latency, BatchNorm)."""
-    from runners.build import BuildConfig, Subject
-    from runners.evaluate import EvalConfig
-    from runners.job import EvalSpec
-    from runners.latency import LatencyConfig
-
-    config = source.config
-    latency = LatencyConfig(**config["latency"]) if config.get("latency") else LatencyConfig()
-    cache_dir = config.get("cache_dir")
-    spec = EvalSpec(
-        workload=config.get("workload") if not config.get("model") else None,
-        model=config.get("model") or None,
-        seed=int(config.get("seed") or 0),
-        cache_dir=Path(cache_dir) if cache_dir else None,
-    )
-    if progress is not None:
-        progress(f"loading {spec.name}")
-    subject = Subject.prepare(spec.load_workload())
-    eval_config = EvalConfig(
-        threads=int(config.get("threads") or 1),
-        latency=replace(latency, batch_size=int(config.get("batch_size") or 1)),
-        build=BuildConfig(bn_batches=int(config.get("bn_batches", 8))),
-    )
-    return subject, eval_config
-
-
-def _export(
+def export(
     source: SearchSource,
     record: CandidateRecord,
-    subject: Any,
-    eval_config: Any,
-    args: argparse.Namespace,
-    trace: list[dict[str, float]],
-    baseline: Any,
-    progress: Any,
-) -> Any:
+    subject: Subject,
+    config: EvalConfig,
+    fmt: str,
+    out: Path,
+    recovery: RecoveryConfig,
+    trace: list[dict[str, float]] | None = None,
+    baseline: Measurement | None = None,
+    progress: Progress = None,
+) -> ExportedModel:
+    """Rebuild ``record`` with ``recovery``, measure it (and ``baseline`` unless given) on
+    ``fmt``'s runtime and write it to ``out`` (`runners.export.export_candidate`)."""
     from runners.export import export_candidate
-    from runners.recovery import recovery_preset
 
     return export_candidate(
         subject,
         record.strategy,
-        args.format,
-        args.out,
-        config=eval_config,
-        recovery=recovery_preset(args.recovery),
+        fmt,
+        out,
+        config=config,
+        recovery=recovery,
         baseline=baseline,
         source={
             "search": source.label,
             "candidate": record.index,
-            "seed": int(source.config.get("seed") or 0),
+            "seed": source.spec.seed,
             **({"parent_run_id": source.parent_run_id} if source.parent_run_id else {}),
             **({"reranked": json.dumps(trace)} if trace else {}),
         },

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from agent.base import Proposal
 from agent.records import CandidateRecord
 from envs.cost import CostModel
 from envs.layer_env import EnvConfig, Episode, LayerEnv, register_with_ray
-from envs.reward import RewardConfig, reward
+from envs.reward import RewardConfig, Scored, reward
 from envs.surrogate import Surrogate
 from search_spaces.space import DecisionSpace
 from search_spaces.strategy import Strategy
@@ -133,13 +134,13 @@ class PPOAgent:
         settings: PPOSettings | None = None,
         seed: int = 0,
         checkpoint_dir: Path | None = None,
-        probes: list[tuple[Strategy, dict[str, Any] | None]] | None = None,
+        probes: Sequence[tuple[Strategy, Scored | None]] | None = None,
     ) -> None:
         self.settings = settings or PPOSettings()
         self.reward_config = reward_config
         self.space = space
         self.surrogate = Surrogate(space, cost)
-        self._data: list[tuple[Strategy, dict[str, Any] | None]] = list(probes or [])
+        self._data: list[tuple[Strategy, Scored | None]] = list(probes or [])
         self.surrogate.fit(self._data)
         conditioned = reward_config.mode in ("tradeoff", "flops-proxy")
         lam_range = self.settings.lam_range if conditioned else None
@@ -199,7 +200,7 @@ class PPOAgent:
         in_bin = [e for e in self._pool.values() if lo <= e.lam <= hi] or list(self._pool.values())
         options = [(e.strategy, "policy") for e in in_bin] if self.settings.policy_proposals else []
         options += [(s, "local") for s in self._mutants(self.settings.local_candidates)]
-        best: tuple[float, Strategy, str, dict[str, Any]] | None = None
+        best: tuple[float, Strategy, str, Scored] | None = None
         for strategy, origin in options:
             pred = self.surrogate(strategy)  # re-predict: the surrogate may have been refit
             value = reward(pred, config)
@@ -207,7 +208,7 @@ class PPOAgent:
                 best = (value, strategy, origin, pred)
         if best is None:
             return self._explore() if self._idle >= self.settings.explore_after else None
-        value, strategy, origin, pred = best
+        value, strategy, origin, predicted = best
         self._idle = 0
         self._pool.pop(strategy.key(), None)
         self._seen.add(strategy.key())
@@ -215,8 +216,8 @@ class PPOAgent:
             "lam": round(lam, 4),
             "origin": origin,
             "predicted_reward": round(value, 4),
-            "predicted_speedup": round(float(pred["speedup"]), 4),
-            "predicted_drop": round(float(pred["accuracy_drop"]), 4),
+            "predicted_speedup": round(float(predicted.speedup), 4),
+            "predicted_drop": round(float(predicted.accuracy_drop), 4),
         }
         return Proposal(strategy, extras)
 
@@ -266,7 +267,7 @@ class PPOAgent:
         key = record.strategy.key()
         self._seen.add(key)
         self._pool.pop(key, None)
-        self._data.append((record.strategy, record.outcome.result if record.ok else None))
+        self._data.append((record.strategy, record.result if record.ok else None))
         if record.ok:
             self._measured.append((record.reward, record.strategy))
             self._results.append((record.strategy, record.speedup, record.accuracy_drop))

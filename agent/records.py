@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runners.job import Outcome
+from runners.result import EvalResult
 from search_spaces import Strategy
 
 
@@ -39,16 +40,24 @@ class CandidateRecord:
         return self.outcome.ok
 
     @property
+    def result(self) -> EvalResult | None:
+        """The measured result (None when the candidate failed)."""
+        return self.outcome.result
+
+    @property
     def accuracy(self) -> float:
-        return self.outcome.metric("accuracy")
+        """The candidate's accuracy in points (NaN when it failed)."""
+        return math.nan if self.outcome.result is None else self.outcome.result.accuracy
 
     @property
     def accuracy_drop(self) -> float:
-        return self.outcome.metric("accuracy_drop")
+        """Baseline minus candidate accuracy in points (NaN when it failed)."""
+        return math.nan if self.outcome.result is None else self.outcome.result.accuracy_drop
 
     @property
     def speedup(self) -> float:
-        return self.outcome.metric("speedup")
+        """The measured (or, latency-free, FLOP-ideal) speedup (NaN when it failed)."""
+        return math.nan if self.outcome.result is None else self.outcome.result.speedup
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -1,8 +1,10 @@
 """What a search found: the accuracy/speedup Pareto front, its hypervolume, a plot and a table.
 
 Both objectives are maximised: accuracy (percent) and *measured* speedup over the baseline.
-A report is rebuilt either from a search directory (:func:`load_records`) or from MLflow alone
-(:func:`records_from_runs` over the runs of :func:`agent.tracking.load_search`).
+A report is rebuilt either from a search directory (:func:`load_records`, i.e.
+:class:`agent.search_dir.SearchDir`) or from MLflow alone
+(:func:`agent.tracking.records_from_runs` over the runs of :func:`agent.tracking.load_search`,
+re-exported here).
 
 The hypervolume reference point is fixed so that searches, benchmarks and reports agree:
 accuracy ``baseline_accuracy - HV_ACCURACY_MARGIN`` (10 points) and speedup
@@ -12,15 +14,14 @@ points adds nothing. The unit is accuracy points x speedup.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from agent.records import CandidateRecord
-from agent.tracking import CANDIDATE_METRICS, DEFAULT_UNIT_PARAM, EXTRA_PARAM_PREFIX
-from runners.job import Outcome
+from agent.search_dir import SearchDir
+from agent.tracking.readers import records_from_runs
 from search_spaces import Strategy
 
 HV_ACCURACY_MARGIN = 10.0
@@ -193,56 +194,11 @@ def write_report(
 
 
 def load_records(search_dir: Path) -> list[CandidateRecord]:
-    """The candidates of a search directory's ``candidates.jsonl``.
+    """The candidates of a search directory (`agent.search_dir.SearchDir.records`).
 
     A truncated last line (a crash mid-append) is ignored; a bad line elsewhere is an error.
     """
-    path = Path(search_dir) / "candidates.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: is {search_dir} a search directory?")
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    records = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            records.append(CandidateRecord.from_dict(json.loads(line)))
-        except (ValueError, KeyError, TypeError) as exc:
-            if number == len(lines):
-                break
-            raise ValueError(f"{path}:{number}: not a candidate record ({exc})") from exc
-    return records
-
-
-def records_from_runs(runs: Sequence[Mapping[str, Any]]) -> list[CandidateRecord]:
-    """Candidate records rebuilt from :func:`agent.tracking.load_search_runs` dicts.
-
-    The strategy comes from the ``strategy.json`` artifact when it was read, else from the
-    ``<unit>.<action>`` params. Fields MLflow does not keep (worker, extras) are left empty.
-    """
-    records = []
-    for position, run in enumerate(runs):
-        params, metrics, tags = run["params"], run["metrics"], run["tags"]
-        data = run.get("strategy")
-        strategy = Strategy.from_dict(data) if data else _strategy_from_params(params)
-        index = _index(tags.get("layerpilot.index"), run.get("run_name"), position)
-        eval_seconds = float(metrics.get("eval_seconds", 0.0))
-        if run["status"] == "FINISHED":
-            result: dict[str, Any] = {k: metrics[k] for k in CANDIDATE_METRICS if k in metrics}
-            result.update(strategy=strategy.to_dict(), strategy_key=strategy.key())
-            outcome = Outcome(strategy, "ok", result=result, eval_seconds=eval_seconds)
-        else:
-            error = tags.get("error") or f"run {run['run_id']} ended {run['status']}"
-            outcome = Outcome(strategy, "failed", error=error, eval_seconds=eval_seconds)
-        reward = float(metrics.get("reward", 0.0))
-        records.append(
-            CandidateRecord(
-                index=index,
-                outcome=outcome,
-                reward=reward if math.isfinite(reward) else 0.0,
-                source=params.get("source", tags.get("layerpilot.source", "")),
-                cached=params.get("cached") == "True",
-            )
-        )
-    return sorted(records, key=lambda r: r.index)
+    return SearchDir(search_dir).records()
 
 
 def _ok(records: Iterable[CandidateRecord]) -> list[CandidateRecord]:
@@ -256,35 +212,6 @@ def _points(records: Sequence[CandidateRecord]) -> list[tuple[float, float]]:
 def _baseline_value(baseline: Mapping[str, Any], name: str) -> float:
     value = baseline.get(name, baseline.get(f"baseline_{name}"))
     return float(value) if isinstance(value, int | float) else math.nan
-
-
-def _strategy_from_params(params: Mapping[str, str]) -> Strategy:
-    units: dict[str, dict[str, Any]] = {}
-    for key, text in params.items():
-        unit, dot, action = key.rpartition(".")
-        if not dot or not unit or key.startswith(EXTRA_PARAM_PREFIX):
-            continue  # source, cached, extras: not strategy entries
-        unit = "*" if unit == DEFAULT_UNIT_PARAM else unit
-        units.setdefault(unit, {})[action] = _parse_value(text)
-    return Strategy(units)
-
-
-def _parse_value(text: str) -> Any:
-    if text in ("True", "False"):
-        return text == "True"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def _index(tag: str | None, run_name: str | None, position: int) -> int:
-    for text in (tag, (run_name or "").removeprefix("cand-")):
-        if text and text.isdigit():
-            return int(text)
-    return position
 
 
 def _plot(

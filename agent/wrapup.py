@@ -4,11 +4,11 @@ candidate (strategy file and logged model), and the report."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
-from agent.config import SearchConfig
+from agent.config import SearchConfig, build_config
 from agent.records import CandidateRecord
+from agent.search_dir import SearchDir, SearchState
 
 
 def baseline_summary(measurement: dict[str, Any]) -> dict[str, Any]:
@@ -25,8 +25,9 @@ def baseline_summary(measurement: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def baseline_accuracy_of(state: dict[str, Any]) -> float:
-    return float((state.get("baseline") or {}).get("accuracy", math.nan))
+def baseline_accuracy_of(state: SearchState) -> float:
+    """The search's baseline accuracy (NaN before the baseline was measured)."""
+    return float((state.baseline or {}).get("accuracy", math.nan))
 
 
 def summarize(
@@ -71,10 +72,13 @@ def finish(
     run_ids: dict[int, str],
     summary: dict[str, Any],
     status: str,
-    out: Path,
-    state: dict[str, Any],
+    sdir: SearchDir,
+    state: SearchState,
 ) -> None:
-    """Tag the front, save and log the best candidate, write the report, close the parent run."""
+    """Tag the front, save and log the best candidate, write the report, close the parent run.
+
+    Adds ``best_index`` to ``summary`` when a candidate succeeded.
+    """
     from agent.report import pareto_front, write_report
     from runners.build import build_candidate
 
@@ -83,16 +87,16 @@ def finish(
     tracker.mark_pareto([run_ids[r.index] for r in front if r.index in run_ids])
     if ok:
         best = max(ok, key=lambda r: r.reward)
-        best.strategy.save(out / "best_strategy.json")
+        sdir.write_best_strategy(best.strategy)
         summary["best_index"] = best.index
         if config.log_model and best.index in run_ids:
-            from agent.search import build_config
-
             model = build_candidate(subject, best.strategy, build_config(config)).model
             tracker.log_best_model(run_ids[best.index], model, subject.workload.example_input)
     report = write_report(
-        records, state.get("baseline") or {}, out / "report", title=f"layerpilot search {out.name}"
+        records, state.baseline or {}, sdir.report_dir, title=f"layerpilot search {sdir.name}"
     )
-    tracker.log_artifact(state["mlflow"]["parent_run_id"], report)
-    tracker.log_artifact(state["mlflow"]["parent_run_id"], report.parent / "pareto.png")
+    parent = state.parent_run_id
+    assert parent is not None, "finish() runs only for a tracked search"
+    tracker.log_artifact(parent, report)
+    tracker.log_artifact(parent, report.parent / "pareto.png")
     tracker.finish_search({k: v for k, v in summary.items() if isinstance(v, int | float)}, status)

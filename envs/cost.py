@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from envs.reward import Scored
 from search_spaces.space import DecisionSpace
 
 PRECISION_FLOP_COST = {"fp32": 1.0, "fp16": 0.5, "int8": 0.25}
@@ -132,32 +133,32 @@ def flops_cost_model(space: DecisionSpace) -> CostModel:
 
 
 def probe_cost_model(
-    space: DecisionSpace, probes: Mapping[tuple[int, str, int], Mapping[str, Any] | None]
+    space: DecisionSpace, probes: Mapping[tuple[int, str, int], Scored | None]
 ) -> CostModel:
     """A measured table from single-choice probes.
 
     Args:
         space: The decision space the probes were made in.
-        probes: ``(step, action, index) -> EvalResult.to_dict()`` of the model with only that
-            choice applied, or ``None`` where the probe failed (it then costs a 50-point drop
-            and no speedup, so the agent stays away from it).
+        probes: ``(step, action, index) ->`` the `Score` (or ``EvalResult``) of the model with
+            only that choice applied, or ``None`` where the probe failed (it then costs a
+            50-point drop and no speedup, so the agent stays away from it).
     """
     base = flops_cost_model(space)
     lat, drop = _empty(space), _empty(space)
     for (step, name, index), result in probes.items():
         if result is not None:
-            speedup = float(result.get("speedup", math.nan))
+            speedup = float(result.speedup)
             if not (math.isfinite(speedup) and speedup > 0) or not math.isfinite(
-                float(result.get("accuracy_drop", math.nan))
+                float(result.accuracy_drop)
             ):
                 result = None
         if result is None:
             lat[step][name][index] = 0.0
             drop[step][name][index] = 50.0
             continue
-        speedup = float(result["speedup"])
+        speedup = float(result.speedup)
         lat[step][name][index] = -math.log(max(speedup, 1e-3))
-        drop[step][name][index] = float(result["accuracy_drop"])
+        drop[step][name][index] = float(result.accuracy_drop)
     for i, each in enumerate(space.steps):  # anything not probed keeps the FLOPs estimate
         for name, values in each.options.items():
             for j in range(1, len(values)):

@@ -31,7 +31,7 @@ import gymnasium as gym
 import numpy as np
 
 from envs.cost import CostModel, flops_cost_model
-from envs.reward import RewardConfig, reward
+from envs.reward import RewardConfig, Scored, reward
 from search_spaces.space import DecisionSpace
 from search_spaces.strategy import Strategy
 
@@ -40,8 +40,9 @@ RAY_ENV_NAME = "layerpilot-layer-env"
 STATE_SIZE = 8
 OBS_CLIP = 10.0
 
-Evaluator = Callable[[Strategy], Mapping[str, Any] | None]
-"""``strategy -> EvalResult.to_dict()`` (or ``None`` when it failed)."""
+Evaluator = Callable[[Strategy], Scored | None]
+"""``strategy ->`` its `Scored` result (an ``EvalResult``, a surrogate's `Score`), or ``None``
+when it failed."""
 
 
 @dataclass
@@ -77,7 +78,7 @@ class Episode:
     strategy: Strategy
     lam: float
     reward: float
-    result: Mapping[str, Any] | None
+    result: Scored | None
 
 
 class LayerEnv(gym.Env[np.ndarray, np.ndarray]):

@@ -23,6 +23,9 @@ points (baseline accuracy − candidate accuracy, on held-out data) and its meas
     **A proxy** for smoke runs and tests only: it ignores what the runtime really does (int8 can
     be slower than fp32 on small layers). Reported figures never come from it.
 
+The reward reads any `Scored` value: a measured ``runners.result.EvalResult``, a surrogate's
+prediction or a probe table entry (both `Score`).
+
 Rewards are bounded: the drop counts at most ``MAX_DROP`` points and ``log2(s)`` is clipped to
 ``[−LOG2_CLIP, LOG2_CLIP]``; a failed candidate gets ``FAILED_REWARD``, below anything a built
 candidate can score, so no NaN or inf ever reaches the learner.
@@ -33,7 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 RewardMode = Literal["tradeoff", "target", "max-drop", "flops-proxy"]
 REWARD_MODES: tuple[str, ...] = ("tradeoff", "target", "max-drop", "flops-proxy")
@@ -91,6 +94,72 @@ class RewardConfig:
         }
 
 
+class Scored(Protocol):
+    """What the reward reads of a candidate (an ``EvalResult``, a prediction, a probe)."""
+
+    @property
+    def accuracy_drop(self) -> float:
+        """Baseline minus candidate accuracy, in points."""
+        ...
+
+    @property
+    def speedup(self) -> float:
+        """Baseline latency over candidate latency on the deployment runtime."""
+        ...
+
+    @property
+    def ideal_speedup(self) -> float:
+        """The FLOP-ideal speedup (``flops-proxy`` mode)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Score:
+    """The three quantities the reward reads, without the rest of a measurement: a surrogate's
+    prediction (``predicted=True``) or a probe table entry."""
+
+    accuracy_drop: float
+    """Baseline minus candidate accuracy, in points."""
+    speedup: float
+    """Baseline latency over candidate latency."""
+    ideal_speedup: float
+    """The FLOP-ideal speedup."""
+    predicted: bool = False
+    """A surrogate's estimate, not a measurement (never reported as a result)."""
+
+    @classmethod
+    def of(cls, result: Scored, predicted: bool = False) -> Score:
+        """The score of ``result`` (e.g. a measured ``EvalResult``)."""
+        drop, speedup, ideal = result.accuracy_drop, result.speedup, result.ideal_speedup
+        return cls(float(drop), float(speedup), float(ideal), predicted)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "accuracy_drop": self.accuracy_drop,
+            "speedup": self.speedup,
+            "ideal_speedup": self.ideal_speedup,
+            "predicted": self.predicted,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Score:
+        """The inverse of `to_dict`; also reads a result's ``to_dict()`` (other keys ignored,
+        a missing value is NaN), which is what probe tables held before they held scores."""
+
+        def number(key: str) -> float:
+            try:
+                return float(data.get(key, math.nan))
+            except (TypeError, ValueError):
+                return math.nan
+
+        return cls(
+            number("accuracy_drop"),
+            number("speedup"),
+            number("ideal_speedup"),
+            bool(data.get("predicted", False)),
+        )
+
+
 def _finite(x: Any) -> float | None:
     try:
         v = float(x)
@@ -99,26 +168,25 @@ def _finite(x: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def reward(result: Mapping[str, Any] | None, config: RewardConfig) -> float:
+def reward(result: Scored | None, config: RewardConfig) -> float:
     """The reward of one evaluated candidate.
 
     Args:
-        result: ``EvalResult.to_dict()`` (needs ``accuracy_drop``, ``speedup``, and
-            ``ideal_speedup`` for the proxy), or ``None`` for a failed candidate.
+        result: What the candidate scored (`Scored`: an ``EvalResult``, or a `Score`), or
+            ``None`` for a failed candidate.
         config: The reward mode and its parameter.
 
     Returns:
         A finite float; ``FAILED_REWARD`` if the candidate failed or its metrics are not finite.
 
     Example:
-        >>> reward({"accuracy_drop": 0.5, "speedup": 4.0}, RewardConfig(lam=0.5))
+        >>> reward(Score(accuracy_drop=0.5, speedup=4.0, ideal_speedup=4.0), RewardConfig())
         0.5
     """
     if result is None:
         return FAILED_REWARD
-    drop = _finite(result.get("accuracy_drop"))
-    key = "ideal_speedup" if config.mode == "flops-proxy" else "speedup"
-    speedup = _finite(result.get(key))
+    drop = _finite(result.accuracy_drop)
+    speedup = _finite(result.ideal_speedup if config.mode == "flops-proxy" else result.speedup)
     if drop is None or speedup is None or speedup <= 0:
         return FAILED_REWARD
     drop = min(drop, MAX_DROP)

@@ -17,12 +17,12 @@ and are never reported as results.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
 from envs.cost import CostModel
+from envs.reward import Score, Scored
 from search_spaces.space import DecisionSpace
 from search_spaces.strategy import Strategy
 
@@ -90,7 +90,7 @@ class Surrogate:
             shares.append(chosen / max(len(where), 1))
         return [*shares, shares[0] ** 2, shares[0] ** 4, shares[1] * shares[2]]
 
-    def fit(self, data: Sequence[tuple[Strategy, Mapping[str, Any] | None]]) -> None:
+    def fit(self, data: Sequence[tuple[Strategy, Scored | None]]) -> None:
         """Refit the corrections on measured ``(strategy, result or None if failed)`` pairs."""
         rows, y_lat, y_drop = [], [], []
         for strategy, result in data:
@@ -98,8 +98,8 @@ class Surrogate:
                 self._failed.add(strategy.key())
                 continue
             x, lat, drop = self.features(strategy)
-            speedup = float(result["speedup"])
-            acc_drop = float(result["accuracy_drop"])
+            speedup = float(result.speedup)
+            acc_drop = float(result.accuracy_drop)
             if not (math.isfinite(speedup) and speedup > 0 and math.isfinite(acc_drop)):
                 continue
             rows.append(x)
@@ -127,14 +127,9 @@ class Surrogate:
             squashed += float(x @ self._drop_w)
         return lat, min(_unsquash(squashed), 100.0)
 
-    def __call__(self, strategy: Strategy) -> dict[str, Any] | None:
+    def __call__(self, strategy: Strategy) -> Score | None:
         if strategy.key() in self._failed:
             return None
         lat, drop = self.predict(strategy)
         speedup = math.exp(-max(min(lat, 5.0), -5.0))
-        return {
-            "accuracy_drop": drop,
-            "speedup": speedup,
-            "ideal_speedup": speedup,
-            "predicted": True,
-        }
+        return Score(accuracy_drop=drop, speedup=speedup, ideal_speedup=speedup, predicted=True)

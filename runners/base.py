@@ -1,7 +1,8 @@
 """What every runtime implements, and the live candidate it is handed.
 
 One module per runtime (``onnxruntime.py``, ``torch.py``, ``tensorrt.py``) implements
-:class:`Runtime`; each imports its heavy library inside functions so that ``import runners``
+:class:`Runtime` (the ONNX-based ones share ``onnx_export.py``, ``precision_map.py`` and
+``quantize.py``); each imports its heavy library inside functions so that ``import runners``
 never imports TensorRT or initialises CUDA.
 """
 
@@ -84,27 +85,6 @@ class Runtime(Protocol):
     def compile(self, candidate: Candidate, workdir: Path) -> Compiled:
         """Export/quantize/build ``candidate`` (files under ``workdir``) and return it ready."""
         ...
-
-
-def module_of_onnx_node(node_name: str) -> str:
-    """Module path of a node named by the TorchScript ONNX exporter.
-
-    The exporter scopes names by the modules that were called, each scope holding the module's
-    *unqualified* name — its path from the last non-numeric atom on (``layer1.0.conv1`` ->
-    ``conv1``, ``layer1.0`` -> ``layer1.0``). The full path is rebuilt by appending each scope to
-    the path so far, overlapping where a scope repeats the end of it:
-    ``/layer1/layer1.0/conv1/Conv`` -> ``layer1.0.conv1``; ``/encoder/layers.0/linear1/MatMul``
-    -> ``encoder.layers.0.linear1`` (the ``layers`` ModuleList is never called, so it has no
-    scope); top-level ops (``/Relu``) and unscoped nodes -> ``""``.
-    """
-    if not node_name.startswith("/"):
-        return ""
-    atoms: list[str] = []
-    for scope in node_name.strip("/").split("/")[:-1]:
-        parts = scope.split(".")
-        overlap = next((k for k in range(len(parts) - 1, 0, -1) if atoms[-k:] == parts[:k]), 0)
-        atoms.extend(parts[overlap:])
-    return ".".join(atoms)
 
 
 def covered_by(module_path: str, prefixes: dict[str, str] | set[str] | list[str]) -> str | None:

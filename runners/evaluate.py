@@ -1,7 +1,8 @@
 """Measure a strategy for real: build, compile for the runtime, time it, score it.
 
-The records here (`Measurement`, `EvalResult`) are frozen values: what gets cached, tracked and
-reported. The live objects (`Subject`, `Candidate`, compiled sessions) never leave this module.
+The records it returns (`Measurement`, `EvalResult`, defined in `runners.result` and importable
+from here) are frozen values: what gets cached, tracked and reported. The live objects
+(`Subject`, `Candidate`, compiled sessions) never leave this module.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import math
 import platform
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from runners.build import BuildConfig, Subject, build_candidate
 from runners.gate_training import gate_statistics
 from runners.latency import LatencyConfig, LatencyStats, measure_compiled, measure_over_inputs
 from runners.measure_lock import exclusive_measurement
+from runners.result import EvalResult, Measurement
 from search_spaces import Strategy
 from search_spaces.dynamic import find_dynamic
 
@@ -63,90 +65,6 @@ class EvalConfig:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.eval_batch_size < 1:
             raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """What one strategy measured on one runtime."""
-
-    accuracy: float
-    latency: LatencyStats
-    flops: int
-    """FLOPs of one batch-1 forward (2 × MACs of convs/matmuls)."""
-    weighted_flops: float
-    """FLOPs weighted by each module's precision cost (int8 = ¼): the ideal cost."""
-    params: int
-    size_bytes: int
-    info: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """A strategy's measurement next to the unchanged model's, on the same runtime and run."""
-
-    workload: str
-    strategy: Strategy
-    runtime: str
-    candidate: Measurement
-    baseline: Measurement
-
-    @property
-    def speedup(self) -> float:
-        """Measured speedup; the FLOP-ideal one when latency was not timed."""
-        if not (self.candidate.latency.timed and self.baseline.latency.timed):
-            return self.ideal_speedup
-        return self.baseline.latency.expected_ms / self.candidate.latency.expected_ms
-
-    @property
-    def ideal_speedup(self) -> float:
-        return self.baseline.weighted_flops / max(self.candidate.weighted_flops, 1.0)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Stable, JSON-ready keys (the ``--json`` output and the tracked metrics)."""
-        c, b = self.candidate, self.baseline
-        return {
-            "workload": self.workload,
-            "runtime": self.runtime,
-            "strategy": self.strategy.to_dict(),
-            "strategy_key": self.strategy.key(),
-            "accuracy": c.accuracy,
-            "baseline_accuracy": b.accuracy,
-            "accuracy_drop": b.accuracy - c.accuracy,
-            "latency_ms": c.latency.expected_ms,
-            "latency_p90_ms": c.latency.p90_ms,
-            "latency_spread": c.latency.spread,
-            "latency_stable": c.latency.stable,
-            "latency_runs": c.latency.runs,
-            "baseline_latency_ms": b.latency.expected_ms,
-            "baseline_latency_p90_ms": b.latency.p90_ms,
-            "speedup": self.speedup,
-            "speedup_source": "latency" if c.latency.timed else "flops",
-            "ideal_speedup": self.ideal_speedup,
-            "realization": self.speedup / self.ideal_speedup,
-            "flops": c.flops,
-            "baseline_flops": b.flops,
-            "params": c.params,
-            "baseline_params": b.params,
-            "size_bytes": c.size_bytes,
-            "baseline_size_bytes": b.size_bytes,
-            "info": c.info,
-            **_dynamic_fields(c),
-        }
-
-
-def _dynamic_fields(m: Measurement) -> dict[str, Any]:
-    """Top-level fields of an input-dependent (dynamic-skip) candidate; empty otherwise."""
-    gates = m.info.get("dynamic")
-    if not isinstance(gates, dict):
-        return {}
-    return {
-        "executed_blocks": gates["executed_blocks"],
-        "executed_share": gates["executed_share"],
-        "gated_blocks": gates["gated_blocks"],
-        "dynamic_alpha": gates["alpha"],
-        "latency_median_ms": m.latency.input_median_ms,
-        "latency_input_p90_ms": m.latency.input_p90_ms,
-    }
 
 
 def measure(
@@ -278,17 +196,24 @@ def evaluate(
     check_evaluable(subject, strategy, config)  # fail before spending time on the baseline
     if baseline is None:
         baseline = measure(subject, Strategy(), config)
-    return EvalResult(
-        workload=subject.workload.name,
-        strategy=strategy,
-        runtime=config.runtime,
-        candidate=measure(subject, strategy, config),
-        baseline=baseline,
-    )
+    candidate = measure(subject, strategy, config)
+    return EvalResult.of(subject.workload.name, strategy, config.runtime, candidate, baseline)
 
 
 def measurement_dict(m: Measurement) -> dict[str, Any]:
-    """A JSON-ready view of a measurement."""
-    data = asdict(m)
-    data["latency"] = m.latency.to_dict()
-    return data
+    """A JSON-ready view of a measurement (`Measurement.to_dict`)."""
+    return m.to_dict()
+
+
+__all__ = [
+    "PRECISION_COST",
+    "EvalConfig",
+    "EvalResult",
+    "EvaluationError",
+    "Measurement",
+    "check_evaluable",
+    "evaluate",
+    "measure",
+    "measure_candidate",
+    "measurement_dict",
+]

@@ -31,16 +31,11 @@ from torch import nn
 
 from runners.base import RuntimeUnavailableError
 from runners.build import Subject, build_candidate
-from runners.evaluate import (
-    EvalConfig,
-    Measurement,
-    measure,
-    measure_candidate,
-    measurement_dict,
-)
+from runners.evaluate import EvalConfig, measure, measure_candidate
 from runners.latency import cpu_model
 from runners.metrics import format_count
 from runners.recovery import RecoveryConfig
+from runners.result import Measurement
 from search_spaces import Strategy, apply_plan
 
 FORMATS: dict[str, str] = {
@@ -89,7 +84,9 @@ class ExportedModel:
         return self.out / self.files["model"]
 
     def summary(self) -> dict[str, Any]:
-        """The headline figures, flat (MLflow metrics, CLI output)."""
+        """The headline figures, flat (MLflow metrics, CLI output). Here ``latency_median_ms``
+        is the plain median of the timed runs (a candidate record's per-input median of a
+        dynamic-skip model is ``latency_input_median_ms``)."""
         c, b = self.candidate, self.baseline
         return {
             "accuracy": c.accuracy,
@@ -118,8 +115,8 @@ class ExportedModel:
             "strategy": self.strategy.to_dict(),
             "runtime": self.runtime,
             "summary": self.summary(),
-            "candidate": measurement_dict(self.candidate),
-            "baseline": measurement_dict(self.baseline),
+            "candidate": self.candidate.to_dict(),
+            "baseline": self.baseline.to_dict(),
             "recovery": asdict(self.recovery),
             "source": self.source,
             "machine": _machine(),

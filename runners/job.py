@@ -2,23 +2,36 @@
 
 Both are plain, picklable values: a worker process or Ray task rebuilds the live `Subject` from
 an `EvalSpec` and returns an `Outcome`; only the driver turns outcomes into rewards and tracked
-runs.
+runs. Both round-trip through JSON: the spec is persisted (``search.json``, the parent MLflow
+run) as a versioned ``{"_type": "layerpilot.EvalSpec", "_version": 1, ...}`` object so export,
+report and resume read the setup instead of rebuilding it, and an outcome is a cache line.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from runners.evaluate import EvalConfig
+from runners.result import EvalResult
+from runners.serde import ConfigFormatError, from_json, to_json
 from search_spaces import Strategy
 
 if TYPE_CHECKING:
     from envs.workloads.base import Workload
 
 Status = Literal["ok", "failed"]
+
+EVAL_SPEC_TYPE = "layerpilot.EvalSpec"
+EVAL_SPEC_VERSION = 1
+"""The current ``_version`` of a persisted `EvalSpec` (`EvalSpec.from_dict` reads <= this)."""
+
+
+class EvalSpecError(ValueError):
+    """A persisted evaluation setup cannot be read (the message names the field or version)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,75 @@ class EvalSpec:
         assert self.workload is not None
         return get_workload(self.workload, seed=self.seed, cache_dir=self.cache_dir)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as versioned, JSON-ready data (`from_dict` reads it back).
+
+        Example:
+            >>> EvalSpec.from_dict(EvalSpec(workload="digits-resnet").to_dict()).name
+            'digits-resnet'
+        """
+        return {
+            "_type": EVAL_SPEC_TYPE,
+            "_version": EVAL_SPEC_VERSION,
+            "workload": self.workload,
+            "model": self.model,
+            "seed": self.seed,
+            "cache_dir": None if self.cache_dir is None else str(self.cache_dir),
+            "eval": to_json(self.eval),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EvalSpec:
+        """The inverse of `to_dict`. Fields missing from ``eval`` take their defaults (a spec
+        written before they existed).
+
+        Raises:
+            EvalSpecError: not an EvalSpec, an unsupported ``_version``, or a bad field (named
+                by its dotted path, e.g. ``eval.latency.rel_tol``).
+        """
+        if not isinstance(data, Mapping):
+            raise EvalSpecError(f"an EvalSpec must be a JSON object, got {type(data).__name__}")
+        if data.get("_type") != EVAL_SPEC_TYPE:
+            raise EvalSpecError(
+                f"not an EvalSpec: _type is {data.get('_type')!r}, expected {EVAL_SPEC_TYPE!r}"
+            )
+        version = data.get("_version")
+        if (
+            not isinstance(version, int)
+            or isinstance(version, bool)
+            or not (1 <= version <= EVAL_SPEC_VERSION)
+        ):
+            raise EvalSpecError(
+                f"EvalSpec _version {version!r} is not supported (this layerpilot reads versions "
+                f"1..{EVAL_SPEC_VERSION}); upgrade layerpilot to read it"
+            )
+        fields = {"workload", "model", "seed", "cache_dir", "eval"}
+        unknown = sorted(set(data) - fields - {"_type", "_version"})
+        if unknown:
+            raise EvalSpecError(f"EvalSpec has unknown field(s) {', '.join(unknown)}")
+        for name in ("workload", "model", "cache_dir"):
+            value = data.get(name)
+            if value is not None and not isinstance(value, str):
+                raise EvalSpecError(f"EvalSpec field {name!r} must be a string, got {value!r}")
+        seed = data.get("seed", 0)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise EvalSpecError(f"EvalSpec field 'seed' must be an integer, got {seed!r}")
+        try:
+            config = from_json(EvalConfig, data.get("eval", {}), "eval")
+        except ConfigFormatError as exc:
+            raise EvalSpecError(f"EvalSpec field {exc.path!r}: {exc.problem}") from exc
+        cache_dir = data.get("cache_dir")
+        try:
+            return cls(
+                workload=data.get("workload"),
+                model=data.get("model"),
+                seed=seed,
+                cache_dir=None if cache_dir is None else Path(cache_dir),
+                eval=config,
+            )
+        except ValueError as exc:
+            raise EvalSpecError(f"EvalSpec: {exc}") from exc
+
     def cache_scope(self) -> dict[str, Any]:
         """What, besides the strategy, decides a measurement (the candidate cache's key)."""
         return {
@@ -73,8 +155,9 @@ class Outcome:
 
     strategy: Strategy
     status: Status
-    result: dict[str, Any] | None = None
-    """``EvalResult.to_dict()`` when ``status == "ok"``."""
+    result: EvalResult | None = None
+    """The measured result when ``status == "ok"`` (a mapping given here, e.g. an old record's
+    ``to_dict()``, is read with `EvalResult.from_dict`; a missing ``strategy`` is this one's)."""
     error: str | None = None
     """``"ExceptionType: message"`` when ``status == "failed"`` (timeouts, crashes, NaN)."""
     eval_seconds: float = 0.0
@@ -87,6 +170,9 @@ class Outcome:
     """Workers it was sent to (more than 1 when a worker died under it and it was retried)."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.result, Mapping):  # the JSON edge: pipes, caches, older records
+            data = {"strategy": self.strategy.to_dict(), **self.result}
+            object.__setattr__(self, "result", EvalResult.from_dict(data))
         if self.status == "ok" and self.result is None:
             raise ValueError("an ok Outcome needs a result")
         if self.status == "failed" and not self.error:
@@ -97,17 +183,18 @@ class Outcome:
         return self.status == "ok"
 
     def metric(self, name: str) -> float:
-        """A numeric field of the result (NaN when failed or missing)."""
-        if self.result is None:
-            return math.nan
-        value = self.result.get(name)
-        return float(value) if isinstance(value, int | float) else math.nan
+        """A numeric field or action metric of the result by name (NaN when failed or missing).
+
+        For callers that pick a column by name; code that knows the field reads
+        ``outcome.result.<field>``.
+        """
+        return math.nan if self.result is None else self.result.value(name)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "strategy": self.strategy.to_dict(),
             "status": self.status,
-            "result": self.result,
+            "result": None if self.result is None else self.result.to_dict(),
             "error": self.error,
             "eval_seconds": self.eval_seconds,
             "worker": self.worker,
@@ -120,10 +207,16 @@ class Outcome:
         return cls(
             strategy=Strategy.from_dict(data["strategy"]),
             status=data["status"],
-            result=data.get("result"),
+            result=_result(data.get("result"), data["strategy"]),
             error=data.get("error"),
             eval_seconds=float(data.get("eval_seconds", 0.0)),
             worker=data.get("worker", ""),
             node=data.get("node", ""),
             attempts=int(data.get("attempts", 1)),
         )
+
+
+def _result(data: Mapping[str, Any] | None, strategy: Any) -> EvalResult | None:
+    if data is None:
+        return None
+    return EvalResult.from_dict({"strategy": strategy, **data})

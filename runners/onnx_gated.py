@@ -1,6 +1,6 @@
 """ONNX export of a dynamic-skip model: each gate an ONNX ``If``, so skipped blocks do not run.
 
-The TorchScript exporter (:func:`runners.onnxruntime.export_onnx`) cannot express control flow;
+The TorchScript exporter (:func:`runners.onnx_export.export_onnx`) cannot express control flow;
 the dynamo exporter turns the gated blocks' ``torch.cond`` into ``If`` nodes, and ONNX Runtime
 executes only the taken branch. The exported graph has two outputs: the model's output and
 ``gates`` (``[batch, K]``, 1 = block executed), so a deployment can log what ran.

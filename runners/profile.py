@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from runners.base import module_of_onnx_node
+from runners.precision_map import module_of_onnx_node
 
 _SUFFIX = "_kernel_time"
 
@@ -54,7 +54,7 @@ def latency_shares(
     model: nn.Module, example_input: torch.Tensor, unit_names: list[str], runs: int = 50
 ) -> dict[str, float]:
     """Share of measured kernel time spent inside each unit (blocks include their layers)."""
-    from runners.onnxruntime import export_onnx
+    from runners.onnx_export import export_onnx
 
     with tempfile.TemporaryDirectory(prefix="layerpilot-prof-") as tmp:
         path = export_onnx(model, example_input, Path(tmp) / "model.onnx")

@@ -6,7 +6,7 @@ the lost accuracy for seconds of CPU time. A bounded knowledge-distillation fine
 original model (:func:`distill`) recovers the rest, at a cost of seconds to minutes.
 
 Quantized units are calibrated *after* the fine-tune: the runtime calibrates the candidate it
-is handed (:func:`runners.onnxruntime.quantize_onnx`), so int8 scales always describe the
+is handed (:func:`runners.quantize.quantize_onnx`), so int8 scales always describe the
 recovered weights. ``benchmarks/recovery.py`` measures what that leaves on the table (the int8
 loss after recovery), which bounds what quantization-aware fine-tuning could win back.
 """

@@ -1,7 +1,7 @@
 """TensorRT: the same ONNX file as ONNX Runtime (Q/DQ int8, fp16 casts), built into an engine.
 
 The network is *strongly typed*: precision comes from the ONNX graph alone (TensorRT 11 has no
-FP16/INT8 builder flags), which is exactly what :func:`runners.onnxruntime.build_onnx` produces.
+FP16/INT8 builder flags), which is exactly what :func:`runners.onnx_export.build_onnx` produces.
 The batch axis gets an optimisation profile (min 1, opt 1, max ``max_batch``); a timing cache in
 the work directory makes rebuilding similar engines faster. I/O buffers are torch CUDA tensors,
 run on a dedicated torch stream. ``tensorrt`` and CUDA are touched only inside methods.
@@ -17,13 +17,8 @@ import numpy as np
 import torch
 
 from runners.base import Candidate, RuntimeUnavailableError
-from runners.onnxruntime import (
-    INPUT_NAME,
-    OUTPUT_NAME,
-    TENSORRT_INT8,
-    build_onnx,
-    onnx_size_bytes,
-)
+from runners.onnx_export import INPUT_NAME, OUTPUT_NAME, build_onnx, onnx_size_bytes
+from runners.quantize import TENSORRT_INT8
 
 MAX_BATCH = 256
 """Largest batch an engine accepts (the optimisation profile's max)."""

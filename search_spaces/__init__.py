@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from search_spaces.actions import ACTIONS, get_action, register
 from search_spaces.canonical import canonicalize
+from search_spaces.discovery import discover_units
 from search_spaces.errors import (
     ActionNotAllowedError,
     InvalidActionValueError,
@@ -15,7 +16,7 @@ from search_spaces.errors import (
 )
 from search_spaces.plan import Plan, apply_plan, resolve
 from search_spaces.strategy import Strategy
-from search_spaces.units import Unit, UnitTable, discover_units
+from search_spaces.units import Unit, UnitTable
 
 __all__ = [
     "ACTIONS",

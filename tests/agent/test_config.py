@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli import build_parser
-from agent.cli_search import search_config
+from agent.cli.search import search_config
 from agent.config import ConfigError, SearchConfig, load_config
 
 
@@ -53,7 +53,7 @@ def test_actions_flag_opts_into_dynamic_skip() -> None:
 
 
 def test_recovery_flag_sets_the_build_recovery_level() -> None:
-    from agent.search import build_config
+    from agent.config import build_config
     from runners.recovery import RECOVERY_PRESETS
 
     assert build_config(parse()).recovery == RECOVERY_PRESETS["none"]

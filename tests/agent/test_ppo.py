@@ -1,7 +1,9 @@
-"""PPO on the surrogate: proposals, learning, checkpoints (RLlib new API stack, in-process)."""
+"""PPO on the surrogate: proposals, learning, checkpoints (RLlib new API stack, in-process);
+the measured probe table it starts from."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 from agent.ppo import PPOAgent, PPOSettings
 from agent.records import CandidateRecord
 from envs.cost import probe_cost_model, probe_plan
-from envs.reward import RewardConfig
+from envs.reward import RewardConfig, Score
 from runners.job import Outcome
 from search_spaces import canonicalize, discover_units
 from search_spaces.space import DecisionSpace
@@ -46,7 +48,7 @@ def synthetic_table(space: DecisionSpace):
             speedup, drop = 1.2, 8.0
         elif name == "lowrank":
             speedup, drop = 1.01, 2.0
-        results[(step, name, index)] = {"speedup": speedup, "accuracy_drop": drop}
+        results[(step, name, index)] = Score(accuracy_drop=drop, speedup=speedup, ideal_speedup=1.0)
     return probe_cost_model(space, results)
 
 
@@ -121,3 +123,72 @@ def test_front_keeps_only_non_dominated_measurements() -> None:
     a, b, c, d = (Strategy.from_dict({f"u{i}": {"skip": True}}) for i in range(4))
     results = [(a, 2.0, 0.5), (b, 3.0, 1.0), (c, 1.5, 0.6), (d, 3.0, float("nan"))]
     assert _front(results) == [a, b]  # c is slower and less accurate than a; d is not finite
+
+
+class ProbeExecutor:
+    """Measures each strategy at once: 1.1x faster and 0.1 point worse per unit it changes."""
+
+    slots = 1
+
+    def __init__(self) -> None:
+        self.submitted: list = []
+        self._done: list[Outcome] = []
+
+    def submit(self, strategy, timeout_s=None) -> None:
+        self.submitted.append(strategy)
+        n = len(strategy.units)
+        result = {"accuracy_drop": 0.1 * n, "speedup": 1.1**n, "ideal_speedup": 1.2**n}
+        self._done.append(Outcome(strategy, "ok", result=result))
+
+    def poll(self, timeout=None) -> list[Outcome]:
+        done, self._done = self._done, []
+        return done
+
+    @property
+    def pending(self) -> int:
+        return len(self._done)
+
+
+SCOPE = {"workload": "toy-resnet", "runtime": "onnxruntime-cpu", "threads": 1}
+
+
+def test_probe_table_is_measured_as_scores_then_loaded_from_its_cache(
+    space: DecisionSpace, tmp_path: Path
+) -> None:
+    from agent.probes import measure_probes
+
+    executor = ProbeExecutor()
+    table, probes, _ = measure_probes(space, executor, tmp_path, SCOPE)  # type: ignore[arg-type]
+    again = ProbeExecutor()
+    cached_table, cached, seconds = measure_probes(space, again, tmp_path, SCOPE)  # type: ignore[arg-type]
+
+    assert len(probes) == len(executor.submitted) > 0
+    assert all(isinstance(score, Score) for _, score in probes)
+    assert probes[0][1] == Score(accuracy_drop=0.1, speedup=1.1, ideal_speedup=1.2)
+    assert again.submitted == [] and seconds == 0.0
+    assert cached == probes
+    assert cached_table.to_dict() == table.to_dict()
+
+
+def test_probe_table_written_before_scores_still_loads(
+    space: DecisionSpace, tmp_path: Path
+) -> None:
+    from agent.probes import measure_probes
+
+    _, probes, _ = measure_probes(space, ProbeExecutor(), tmp_path, SCOPE)  # type: ignore[arg-type]
+    [path] = tmp_path.glob("*.json")
+    stored = json.loads(path.read_text())
+    # the pre-issue-15 shape: a subset of each result's to_dict()
+    stored["results"] = [
+        None if s is None else {"accuracy": 99.0, "accuracy_drop": s.accuracy_drop,
+                                "speedup": s.speedup, "latency_ms": 1.0,
+                                "ideal_speedup": s.ideal_speedup, "flops": 10}
+        for _, s in probes
+    ]  # fmt: skip
+    path.write_text(json.dumps(stored))
+    executor = ProbeExecutor()
+
+    _, loaded, seconds = measure_probes(space, executor, tmp_path, SCOPE)  # type: ignore[arg-type]
+
+    assert executor.submitted == [] and seconds == 0.0
+    assert loaded == probes

@@ -62,7 +62,7 @@ class ScriptedExecutor:
 @pytest.fixture
 def scripted(monkeypatch: pytest.MonkeyPatch) -> ScriptedExecutor:
     executor = ScriptedExecutor()
-    monkeypatch.setattr(search_module, "_make_executor", lambda config, spec: executor)
+    monkeypatch.setattr(search_module, "make_executor", lambda config, spec, placement: executor)
     return executor
 
 
@@ -150,3 +150,57 @@ def test_interrupt_keeps_everything_evaluated(
     state = json.loads((result.out / "search.json").read_text())
     assert state["status"] == "KILLED"
     assert len(load_records(result.out)) == len(result.records)
+
+
+def test_search_restores_the_drivers_cpu_affinity_and_torch_threads(
+    tmp_path: Path, scripted: ScriptedExecutor, workload_cache: Path
+) -> None:
+    import os
+
+    import torch
+
+    before_cpus = os.sched_getaffinity(0)
+    before_threads = torch.get_num_threads()
+    during: list[tuple[set[int], int]] = []
+    submit = scripted.submit
+
+    def watched(strategy: Strategy, timeout_s: float | None = None) -> None:
+        during.append((os.sched_getaffinity(0), torch.get_num_threads()))
+        submit(strategy, timeout_s)
+
+    scripted.submit = watched  # type: ignore[method-assign]
+    torch.set_num_threads(2)  # anything but the search's 1
+    try:
+        search_module.run_search(config(tmp_path, budget=3, cache_dir=workload_cache))
+
+        assert during and all(threads == 1 for _, threads in during)
+        if len(before_cpus) > 1:  # one worker: the driver leaves it the last core
+            assert all(cpus == before_cpus - {max(before_cpus)} for cpus, _ in during)
+        assert os.sched_getaffinity(0) == before_cpus
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before_threads)
+        os.sched_setaffinity(0, before_cpus)
+
+
+def test_search_restores_them_when_it_fails(
+    tmp_path: Path, scripted: ScriptedExecutor, workload_cache: Path
+) -> None:
+    import os
+
+    import torch
+
+    before_cpus = os.sched_getaffinity(0)
+    before_threads = torch.get_num_threads()
+
+    def crash(timeout: float | None = None) -> list[Outcome]:
+        raise RuntimeError("the executor broke")
+
+    scripted.poll = crash  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="the executor broke"):
+        search_module.run_search(config(tmp_path, budget=3, cache_dir=workload_cache))
+
+    assert os.sched_getaffinity(0) == before_cpus
+    assert torch.get_num_threads() == before_threads
+    state = json.loads((tmp_path / "search" / "search.json").read_text())
+    assert state["status"] == "FAILED"

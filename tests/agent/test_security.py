@@ -17,9 +17,9 @@ PROBE = """
 import json, logging, ray
 logging.basicConfig(level=logging.WARNING)
 from agent.config import SearchConfig
-from agent.search import _init_ray
+from agent.ray_init import init_ray
 from ray._private.authentication.authentication_utils import is_token_auth_enabled
-_init_ray(SearchConfig())
+init_ray(SearchConfig())
 info = ray._private.worker.global_worker.node.address_info
 print(json.dumps({"token": is_token_auth_enabled(), "webui": info.get("webui_url")}))
 ray.shutdown()

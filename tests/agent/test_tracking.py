@@ -8,21 +8,25 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from agent import report
 from agent.records import CandidateRecord
-from agent.report import records_from_runs, write_report
+from agent.report import write_report
 from agent.tracking import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
     Tracker,
     artifact_root,
     default_tracking_uri,
+    load_eval_spec,
     load_run,
     load_search,
     load_search_runs,
     param_key,
+    records_from_runs,
     strategy_params,
 )
 from runners.job import Outcome
+from runners.result import EvalResult
 from search_spaces import Strategy
 
 CONFIG = {"agent": "ppo", "budget": 8, "eval": {"runtime": "onnxruntime", "threads": 1}}
@@ -33,23 +37,61 @@ STRATEGY = Strategy(
 )
 
 
-def ok_record(index: int, speedup: float = 2.0, accuracy: float = 97.0) -> CandidateRecord:
-    result = {
+EVAL_SPEC = {
+    "_type": "layerpilot.EvalSpec",
+    "_version": 1,
+    "workload": "digits-resnet",
+    "model": None,
+    "seed": 0,
+    "cache_dir": None,
+    "eval": {"runtime": "onnxruntime-cpu", "threads": 1, "latency": {"batch_size": 1}},
+}
+
+
+def result_data(speedup: float = 2.0, accuracy: float = 97.0, **extra: float) -> dict:
+    """A measured result in its ``EvalResult.to_dict()`` shape (``extra``: action metrics)."""
+    latency = BASELINE["latency_ms"] / speedup
+    return {
+        "workload": "digits-resnet",
+        "runtime": "onnxruntime",
+        "strategy": STRATEGY.to_dict(),
+        "strategy_key": STRATEGY.key(),
         "accuracy": accuracy,
         "baseline_accuracy": BASELINE["accuracy"],
         "accuracy_drop": BASELINE["accuracy"] - accuracy,
-        "latency_ms": BASELINE["latency_ms"] / speedup,
-        "latency_p90_ms": 1.1 * BASELINE["latency_ms"] / speedup,
+        "latency_ms": latency,
+        "latency_p90_ms": 1.1 * latency,
+        "latency_spread": 0.01,
+        "latency_stable": True,
+        "latency_runs": 300,
+        "baseline_latency_ms": BASELINE["latency_ms"],
+        "baseline_latency_p90_ms": 1.1 * BASELINE["latency_ms"],
         "speedup": speedup,
+        "speedup_source": "latency",
         "ideal_speedup": speedup * 1.5,
-        "flops": 1.0e6,
-        "params": 3.0e4,
+        "realization": 1 / 1.5,
+        "flops": 1_000_000,
+        "baseline_flops": 2_500_000,
+        "params": 30_000,
+        "baseline_params": 75_000,
         "size_bytes": 40_000,
-        "runtime": "onnxruntime",
+        "baseline_size_bytes": 300_000,
         "info": {"note": "not a metric"},
+        **extra,
     }
-    outcome = Outcome(STRATEGY, "ok", result=result, eval_seconds=2.5, worker="host:1")
-    return CandidateRecord(index, outcome, reward=0.75, source="ppo", extras={"lam": 0.5})
+
+
+def ok_record(
+    index: int, speedup: float = 2.0, accuracy: float = 97.0, **extras: object
+) -> CandidateRecord:
+    outcome = Outcome(
+        STRATEGY,
+        "ok",
+        result=EvalResult.from_dict(result_data(speedup, accuracy)),
+        eval_seconds=2.5,
+        worker="host:1",
+    )
+    return CandidateRecord(index, outcome, reward=0.75, source="ppo", extras={"lam": 0.5, **extras})
 
 
 def failed_record(index: int, error: str = "RuntimeError: ONNX export failed") -> CandidateRecord:
@@ -144,6 +186,7 @@ def test_log_candidate_nests_runs_with_strategy_params_metrics_and_artifact(sear
     assert run.data.metrics["eval_seconds"] == 2.5
     assert run.data.metrics["size_bytes"] == 40_000
     assert "info" not in run.data.metrics
+    assert "baseline_accuracy" not in run.data.metrics  # on the parent run, not each candidate
     assert run.info.end_time - run.info.start_time == 2500  # the evaluation's wall time
     assert run.data.tags["layerpilot.strategy_key"] == STRATEGY.key()
     artifact = client.download_artifacts(run_ids[0], "strategy.json", str(tmp_path))
@@ -298,3 +341,145 @@ def test_strategy_params_truncates_values_over_mlflow_limit():
 def test_artifact_root_is_beside_sqlite_database_and_none_for_servers():
     assert artifact_root("sqlite:////data/runs/mlflow.db") == Path("/data/runs/mlartifacts")
     assert artifact_root("http://127.0.0.1:5000") is None
+
+
+def test_records_from_runs_is_reexported_by_report():
+    assert report.records_from_runs is records_from_runs
+
+
+def test_start_search_saves_eval_spec_that_load_eval_spec_reads_back(tracker, tmp_path: Path):
+    parent = tracker.start_search(
+        "with-spec", CONFIG, WORKLOAD, BASELINE, tmp_path, eval_spec=EVAL_SPEC
+    )
+    candidate = tracker.log_candidate(ok_record(0))
+
+    assert load_eval_spec(tracker.tracking_uri, parent) == EVAL_SPEC
+    assert load_eval_spec(tracker.tracking_uri, candidate) == EVAL_SPEC  # followed to its parent
+
+
+def test_load_eval_spec_is_none_when_search_logged_without_one(search):
+    tracker, parent, run_ids = search
+
+    assert load_eval_spec(tracker.tracking_uri, parent) is None
+    assert load_eval_spec(tracker.tracking_uri, run_ids[0]) is None
+
+
+def test_log_candidate_logs_result_metrics_with_action_metrics_and_result_artifact(
+    tracker, tmp_path: Path
+):
+    tracker.start_search("actions", CONFIG, WORKLOAD, BASELINE, tmp_path)
+    data = result_data(executed_share=0.5)
+    outcome = Outcome(STRATEGY, "ok", result=EvalResult.from_dict(data), eval_seconds=1.0)
+
+    run_id = tracker.log_candidate(CandidateRecord(0, outcome, reward=0.2, source="ppo"))
+
+    metrics = tracker.client.get_run(run_id).data.metrics
+    assert metrics["executed_share"] == 0.5
+    assert {"accuracy", "speedup", "latency_ms", "flops", "reward"} <= set(metrics)
+    runs = load_search_runs(tracker.tracking_uri, tracker.parent_run_id)
+    assert runs[0]["result"]["executed_share"] == 0.5
+    assert runs[0]["result"]["info"] == {"note": "not a metric"}
+
+
+def test_records_round_trip_through_mlflow_exactly_when_result_artifact_logged(
+    tracker, tmp_path: Path
+):
+    parent = tracker.start_search("round-trip", CONFIG, WORKLOAD, BASELINE, tmp_path)
+    dynamic = Outcome(
+        STRATEGY,
+        "ok",
+        result=EvalResult.from_dict(result_data(1.6, 96.0, executed_share=0.44, gated_blocks=3)),
+        eval_seconds=3.25,
+        worker="host:7",
+        node="node-a",
+        attempts=2,
+    )
+    logged = [
+        ok_record(0, origin="policy", predicted_reward=0.25),
+        failed_record(1),
+        CandidateRecord(2, dynamic, reward=-0.125, source="tpe", cached=True),
+    ]
+    for record in logged:
+        tracker.log_candidate(record)
+
+    rebuilt = records_from_runs(load_search_runs(tracker.tracking_uri, parent))
+
+    for got, want in zip(rebuilt, logged, strict=True):
+        assert got.strategy == want.strategy
+        assert (got.accuracy, got.speedup, got.accuracy_drop) == (
+            pytest.approx(want.accuracy, nan_ok=True),
+            pytest.approx(want.speedup, nan_ok=True),
+            pytest.approx(want.accuracy_drop, nan_ok=True),
+        )
+        assert (got.reward, got.source, got.cached, got.extras) == (
+            want.reward,
+            want.source,
+            want.cached,
+            want.extras,
+        )
+        assert got.outcome.result == want.outcome.result  # action metrics, info: all of it
+        assert got == want
+    assert rebuilt[2].outcome.metric("executed_share") == 0.44
+
+
+def test_records_from_runs_rebuild_from_metrics_when_run_has_no_result_artifact(search):
+    tracker, parent, _ = search  # as a run logged before result.json reads
+
+    old = records_from_runs(load_search_runs(tracker.tracking_uri, parent, with_result=False))
+
+    assert [r.ok for r in old] == [True, False, True]
+    assert (old[0].accuracy, old[0].speedup, old[0].reward) == (97.0, 2.0, 0.75)
+    assert old[0].outcome.metric("size_bytes") == 40_000
+    assert old[0].extras == {"lam": 0.5}
+
+
+def test_log_best_model_saves_torch_export_with_a_free_batch_axis(search):
+    import mlflow.pytorch
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    tracker, _, run_ids = search
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+
+    uri = tracker.log_best_model(run_ids[2], model, torch.randn(1, 8))  # a batch-1 example
+
+    tags = tracker.client.get_run(run_ids[2]).data.tags
+    assert tags["layerpilot.torch_serialization"] == "pt2"
+    with _use_tracking_uri(tracker.tracking_uri):
+        loaded = mlflow.pytorch.load_model(uri)
+    x = torch.randn(5, 8)
+    assert torch.allclose(loaded(x), model(x))
+
+
+class _DataDependent(torch.nn.Module):
+    """Branches on its input's values, as dynamic skip does: torch.export cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return self.fc(x)
+        return -self.fc(x)
+
+
+def test_log_best_model_falls_back_to_pickle_when_the_model_does_not_trace(search):
+    import mlflow.pytorch
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    tracker, _, run_ids = search
+    model = _DataDependent()
+    example = torch.randn(2, 8)
+
+    uri = tracker.log_best_model(run_ids[0], model, example)
+
+    tags = tracker.client.get_run(run_ids[0]).data.tags
+    assert tags["layerpilot.torch_serialization"] == "pickle"
+    assert tracker.client.get_logged_model(uri.removeprefix("models:/")).status == "READY"
+    models = tracker.client.search_logged_models(
+        [tracker.experiment_id], filter_string=f"source_run_id = '{run_ids[0]}'"
+    )
+    assert [m.model_id for m in models] == [uri.removeprefix("models:/")]  # the failed try: gone
+    with _use_tracking_uri(tracker.tracking_uri):
+        loaded = mlflow.pytorch.load_model(uri)
+    assert torch.allclose(loaded(example), model(example))

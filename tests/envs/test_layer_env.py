@@ -12,17 +12,17 @@ from gymnasium.utils.env_checker import check_env
 
 from envs.cost import flops_cost_model
 from envs.layer_env import ENV_ID, EnvConfig, LayerEnv, register
-from envs.reward import FAILED_REWARD, RewardConfig, reward
+from envs.reward import FAILED_REWARD, RewardConfig, Score, reward
 from search_spaces import Strategy, canonicalize, discover_units
 from search_spaces.space import DecisionSpace
 
 from models import make_model
 
 
-def fake_evaluator(strategy: Strategy) -> dict[str, Any]:
+def fake_evaluator(strategy: Strategy) -> Score:
     """Deterministic stand-in for a measurement: more actions, faster and less accurate."""
     n = sum(len(a) for a in strategy.units.values())
-    return {"accuracy_drop": 0.25 * n, "speedup": 1.0 + 0.2 * n, "ideal_speedup": 1.0 + 0.3 * n}
+    return Score(accuracy_drop=0.25 * n, speedup=1.0 + 0.2 * n, ideal_speedup=1.0 + 0.3 * n)
 
 
 @pytest.fixture(scope="module", params=["resnet", "transformer"])

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from envs.cost import flops_cost_model, probe_cost_model, probe_plan, probe_strategy
+from envs.reward import Score
 from envs.surrogate import Surrogate
 from search_spaces import canonicalize, discover_units
 from search_spaces.space import DecisionSpace
@@ -31,7 +32,7 @@ def test_probe_plan_covers_every_non_identity_choice_once(space: DecisionSpace) 
 
 def test_probe_table_reproduces_single_probe_measurements(space: DecisionSpace) -> None:
     plan = probe_plan(space)
-    results = {p: {"speedup": 1.0 + 0.01 * i, "accuracy_drop": 0.1 * i} for i, p in enumerate(plan)}
+    results = {p: Score(0.1 * i, 1.0 + 0.01 * i, 1.0 + 0.01 * i) for i, p in enumerate(plan)}
     cost = probe_cost_model(space, results)
     for i, probe in enumerate(plan):
         choices = space.from_strategy(probe_strategy(space, probe))
@@ -54,14 +55,14 @@ def test_surrogate_learns_an_interaction_the_table_misses(space: DecisionSpace) 
 
     def truth(strategy):
         n = sum(len(a) for a in strategy.units.values())
-        return {"speedup": 1.0 + 0.1 * n, "accuracy_drop": 0.05 * n * n}
+        return Score(accuracy_drop=0.05 * n * n, speedup=1.0 + 0.1 * n, ideal_speedup=1.0)
 
     train = [space.to_strategy(space.sample(rng)) for _ in range(60)]
     test = [space.to_strategy(space.sample(rng)) for _ in range(30)]
     surrogate = Surrogate(space, cost)
-    before = np.mean([abs(surrogate.predict(s)[1] - truth(s)["accuracy_drop"]) for s in test])
+    before = np.mean([abs(surrogate.predict(s)[1] - truth(s).accuracy_drop) for s in test])
     surrogate.fit([(s, truth(s)) for s in train])
-    after = np.mean([abs(surrogate.predict(s)[1] - truth(s)["accuracy_drop"]) for s in test])
+    after = np.mean([abs(surrogate.predict(s)[1] - truth(s).accuracy_drop) for s in test])
     assert after < 0.5 * before
 
 
@@ -71,4 +72,4 @@ def test_surrogate_returns_none_for_known_failures(space: DecisionSpace) -> None
     surrogate.fit([(bad, None)])
     assert surrogate(bad) is None
     good = surrogate(space.to_strategy(space.identity()))
-    assert good is not None and good["predicted"] and good["speedup"] == pytest.approx(1.0)
+    assert good is not None and good.predicted and good.speedup == pytest.approx(1.0)

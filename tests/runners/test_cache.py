@@ -1,14 +1,21 @@
-"""The candidate cache: round trip, scope isolation, crash tolerance."""
+"""The candidate cache: round trip, scope isolation, crash tolerance, pre-issue-15 files."""
 
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
+from runners.build import BuildConfig
 from runners.cache import CandidateCache
-from runners.job import Outcome
+from runners.evaluate import EvalConfig
+from runners.job import EvalSpec, Outcome
+from runners.result import EvalResult
 from search_spaces import Strategy
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "pre15"
 
 SCOPE = {"workload": "digits-resnet", "seed": 0, "runtime": "onnxruntime-cpu", "threads": 1}
 
@@ -92,3 +99,35 @@ def test_later_put_of_the_same_strategy_wins(tmp_path):
 
     assert len(cache) == 1
     assert CandidateCache(path, SCOPE).get(new.strategy) == new
+
+
+@pytest.mark.parametrize("workload", ["digits-resnet", "mnist1d-transformer"])
+def test_cache_written_before_the_typed_result_still_hits(tmp_path, workload):
+    # real lines of two searches run before issue 15 (--bn-batches 8, defaults otherwise)
+    path = tmp_path / "cache.jsonl"
+    shutil.copy(FIXTURES / "cache.jsonl", path)
+    spec = EvalSpec(workload=workload, eval=EvalConfig(build=BuildConfig(bn_batches=8)))
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+
+    cache = CandidateCache(path, spec.cache_scope())
+
+    [outcome] = cache.outcomes()
+    [line] = [entry for entry in lines if entry["key"] == outcome.strategy.key()]
+    assert isinstance(outcome.result, EvalResult)
+    assert outcome.result.speedup == line["outcome"]["result"]["speedup"]
+    assert outcome.result.accuracy_drop == line["outcome"]["result"]["accuracy_drop"]
+    assert outcome.eval_seconds == line["outcome"]["eval_seconds"]
+
+
+def test_old_line_rewritten_by_put_reads_back_equal(tmp_path):
+    old = json.loads((FIXTURES / "cache.jsonl").read_text().splitlines()[1])
+    outcome = Outcome.from_dict(old["outcome"])
+    path = tmp_path / "cache.jsonl"
+
+    CandidateCache(path, SCOPE).put(outcome)
+    [back] = CandidateCache(path, SCOPE).outcomes()
+
+    assert back == outcome
+    written = json.loads(path.read_text())["outcome"]["result"]
+    assert written["latency_input_median_ms"] == old["outcome"]["result"]["latency_median_ms"]
+    assert "latency_median_ms" not in written

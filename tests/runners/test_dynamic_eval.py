@@ -14,11 +14,13 @@ from mlflow import MlflowClient
 from agent.records import CandidateRecord
 from agent.tracking import Tracker, default_tracking_uri
 from envs.layer_env import EnvConfig, LayerEnv
+from envs.reward import Score
 from envs.workloads import DataSplit, Workload
 from runners.build import BuildConfig, Subject, build_candidate
-from runners.evaluate import EvalConfig, evaluate
+from runners.evaluate import EvalConfig, measure
 from runners.gate_training import GateTrainConfig
 from runners.job import Outcome
+from runners.result import EvalResult, Measurement
 from search_spaces import Strategy
 from search_spaces.dynamic import DynamicSkipModel
 from search_spaces.space import DecisionSpace
@@ -45,9 +47,19 @@ def subject() -> Subject:
 
 
 @pytest.fixture(scope="module")
-def result(subject: Subject):
+def measured(subject: Subject) -> tuple[EvalResult, Measurement, Measurement]:
+    """``evaluate``'s result, and the candidate and baseline measurements it was made of."""
     blocks = [u.name for u in subject.units if u.allows("dynamic_skip")]
-    return evaluate(subject, Strategy({b: {"dynamic_skip": 4.0} for b in blocks}), FAST)
+    strategy = Strategy({b: {"dynamic_skip": 4.0} for b in blocks})
+    baseline = measure(subject, Strategy(), FAST)
+    candidate = measure(subject, strategy, FAST)
+    result = EvalResult.of(subject.workload.name, strategy, FAST.runtime, candidate, baseline)
+    return result, candidate, baseline
+
+
+@pytest.fixture(scope="module")
+def result(measured) -> EvalResult:
+    return measured[0]
 
 
 def test_build_trains_the_controller_and_records_it(subject: Subject):
@@ -110,7 +122,8 @@ def test_recovery_of_a_gated_backbone_runs_under_the_controllers_decisions(subje
     assert candidate.notes["gate_training"]["steps"] == 8
 
 
-def test_dynamic_candidate_reports_gates_and_latency_over_inputs(result, subject: Subject):
+def test_dynamic_candidate_reports_gates_and_latency_over_inputs(measured, subject: Subject):
+    result, candidate, baseline = measured
     data = result.to_dict()
     gated = len([u for u in subject.units if u.allows("dynamic_skip")])
 
@@ -118,21 +131,23 @@ def test_dynamic_candidate_reports_gates_and_latency_over_inputs(result, subject
     assert 0.0 <= data["executed_blocks"] <= gated
     assert data["executed_share"] == pytest.approx(data["executed_blocks"] / gated)
     assert data["dynamic_alpha"] == 4.0
-    assert result.candidate.latency.inputs == FAST.latency.inputs
-    assert data["latency_ms"] == result.candidate.latency.input_mean_ms
+    assert candidate.latency.inputs == FAST.latency.inputs
+    assert data["latency_ms"] == candidate.latency.input_mean_ms
     assert data["speedup"] == pytest.approx(
-        result.baseline.latency.median_ms / result.candidate.latency.input_mean_ms
+        baseline.latency.median_ms / candidate.latency.input_mean_ms
     )
-    assert len(result.candidate.info["dynamic"]["per_block"]) == gated
+    assert len(candidate.info["dynamic"]["per_block"]) == gated
+    assert data["latency_input_median_ms"] == candidate.latency.input_median_ms
 
 
-def test_dynamic_candidate_accuracy_matches_torch_eager(result, subject: Subject):
+def test_dynamic_candidate_accuracy_matches_torch_eager(measured, subject: Subject):
     """The ORT (If-node) accuracy equals the eager model's on the same eval split."""
+    result, measurement, _ = measured
     candidate = build_candidate(subject, result.strategy, FAST.build)
     with torch.no_grad():
         out = candidate.model(subject.workload.eval.inputs).numpy()
     eager = subject.workload.metric(out, subject.workload.eval.targets.numpy())
-    assert result.candidate.accuracy == pytest.approx(eager, abs=1e-9)
+    assert measurement.accuracy == result.accuracy == pytest.approx(eager, abs=1e-9)
 
 
 def test_dynamic_candidate_is_tracked_with_its_statistics(result, tmp_path):
@@ -145,12 +160,14 @@ def test_dynamic_candidate_is_tracked_with_its_statistics(result, tmp_path):
     metrics = MlflowClient(tracker.tracking_uri).get_run(run_id).data.metrics
     assert metrics["executed_blocks"] == pytest.approx(result.to_dict()["executed_blocks"])
     assert metrics["dynamic_alpha"] == 4.0
-    assert math.isfinite(metrics["latency_median_ms"])
+    assert math.isfinite(metrics["latency_input_median_ms"])
 
 
 def test_env_offers_dynamic_skip_on_blocks_when_asked(subject: Subject):
     space = DecisionSpace(subject.units, actions=["dynamic_skip", "prune", "skip"])
-    env = LayerEnv(EnvConfig(space, lambda s: {"accuracy_drop": 0.0, "speedup": 1.0}))
+    env = LayerEnv(
+        EnvConfig(space, lambda s: Score(accuracy_drop=0.0, speedup=1.0, ideal_speedup=1.0))
+    )
     check_env(env, skip_render_check=True)
     column = space.action_names.index("dynamic_skip")
     action = np.zeros(len(space.nvec), dtype=np.int64)

@@ -13,9 +13,11 @@ import pytest
 
 from runners.build import BuildConfig
 from runners.evaluate import EvalConfig
-from runners.executor import Executor, LocalExecutor, WorkerStartError
+from runners.executor import Executor, WorkerStartError
 from runners.job import EvalSpec, Outcome
+from runners.local_executor import LocalExecutor
 from runners.ray_executor import RayExecutor
+from runners.result import EvalResult
 from search_spaces import Strategy
 
 from models import QUICK_LATENCY
@@ -82,10 +84,11 @@ def test_real_strategy_gives_ok_outcome_with_speedup_and_accuracy(started):
     outcome = _run(executor, SKIP)
 
     assert outcome.ok, outcome.error
-    assert outcome.metric("speedup") > 0
-    assert math.isfinite(outcome.metric("accuracy"))
-    assert outcome.result is not None
-    assert outcome.result["baseline_latency_ms"] == baseline["latency"]["median_ms"]
+    assert isinstance(outcome.result, EvalResult)  # typed again at the pipe's driver end
+    assert outcome.result.speedup > 0
+    assert math.isfinite(outcome.result.accuracy)
+    assert outcome.result.baseline_latency_ms == baseline["latency"]["median_ms"]
+    assert outcome.result.strategy == SKIP
     assert outcome.eval_seconds > 0
     assert outcome.worker.split(":")[1].isdigit()
 
@@ -272,4 +275,4 @@ def test_two_local_workers_evaluate_in_parallel_and_both_take_work(workload_cach
     assert all(o.ok for o in outcomes), [o.error for o in outcomes]
     assert {o.strategy.key() for o in outcomes} == {s.key() for s in strategies}
     assert len({o.worker for o in outcomes}) == 2
-    assert all(o.result and o.result["info"]["timing_s"] > 0 for o in outcomes)
+    assert all(o.result and o.result.info["timing_s"] > 0 for o in outcomes)

@@ -1,4 +1,4 @@
-"""ONNX export, per-module int8 (QDQ) and the ONNX Runtime CPU runtime, on tiny models."""
+"""The ONNX Runtime runtimes end to end (export, per-module int8 QDQ, session), on tiny models."""
 
 from __future__ import annotations
 
@@ -8,22 +8,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import numpy_helper
 
-from runners.base import Candidate, UnsupportedPrecisionError, module_of_onnx_node
-from runners.onnxruntime import (
-    TENSORRT_INT8,
-    Int8Scheme,
-    MissingCalibrationError,
-    OnnxRuntimeCPU,
-    OnnxRuntimeCUDA,
-    PrecisionMappingError,
-    build_onnx,
-    export_onnx,
-    onnx_size_bytes,
-)
+from runners.base import Candidate, UnsupportedPrecisionError
+from runners.onnxruntime import OnnxRuntimeCPU, OnnxRuntimeCUDA
+from runners.precision_map import PrecisionMappingError
+from runners.quantize import MissingCalibrationError
 
-from models import TEST_MODELS, make_model
+from models import make_model
 
 _COMPUTE_OPS = {"Conv", "Gemm", "MatMul"}
 
@@ -42,44 +33,6 @@ def _batch(candidate: Candidate, n: int) -> torch.Tensor:
 def _reference(candidate: Candidate, batch: torch.Tensor) -> np.ndarray:
     with torch.no_grad():
         return candidate.model(batch).numpy()
-
-
-@pytest.mark.parametrize(
-    ("node", "module"),
-    [
-        ("/layer1/layer1.0/conv1/Conv", "layer1.0.conv1"),
-        ("/layer2/layer2.0/downsample/downsample.0/Conv", "layer2.0.downsample.0"),
-        ("/encoder/layers.0/self_attn/MatMul", "encoder.layers.0.self_attn"),
-        ("/layers.1/attention/query/MatMul", "layers.1.attention.query"),
-        ("/0/0.1/Conv", "0.1"),
-        ("/Relu", ""),
-        ("Identity_105", ""),
-    ],
-)
-def test_module_of_onnx_node_rebuilds_the_full_module_path(node, module):
-    assert module_of_onnx_node(node) == module
-
-
-@pytest.mark.parametrize("name", list(TEST_MODELS))
-def test_export_onnx_names_every_node_after_a_real_module(name, tmp_path):
-    model, x = make_model(name)
-
-    path = export_onnx(model, x, tmp_path / "model.onnx")
-
-    modules = dict(model.named_modules())
-    nodes = [n.name for n in onnx.load(str(path)).graph.node]
-    assert [n for n in nodes if module_of_onnx_node(n) not in modules] == []
-    compute = [n for n in onnx.load(str(path)).graph.node if n.op_type in _COMPUTE_OPS]
-    assert all(module_of_onnx_node(n.name) for n in compute)  # none left at the root
-
-
-def test_export_onnx_restores_the_attention_fast_path(tmp_path):
-    model, x = make_model("transformer")
-    assert torch.backends.mha.get_fastpath_enabled()
-
-    export_onnx(model, x, tmp_path / "model.onnx")
-
-    assert torch.backends.mha.get_fastpath_enabled()
 
 
 @pytest.mark.parametrize("name", ["resnet", "transformer"])
@@ -234,49 +187,3 @@ def test_ort_cuda_explains_why_it_is_unavailable_without_cuda_provider(tmp_path)
 
     with pytest.raises(RuntimeUnavailableError, match="CUDAExecutionProvider"):
         runtime.compile(_candidate("resnet"), tmp_path)
-
-
-def test_tensorrt_int8_scheme_gives_signed_zero_point_free_qdq_that_still_runs(tmp_path):
-    candidate = _candidate("resnet", {"layer1": "int8"})
-    batch = _batch(candidate, 4)
-
-    artifact = build_onnx(
-        candidate, tmp_path, supported=frozenset({"fp32", "int8"}), int8=TENSORRT_INT8
-    )
-
-    model = onnx.load(str(artifact.path))
-    zero_points = [
-        numpy_helper.to_array(t) for t in model.graph.initializer if t.name.endswith("zero_point")
-    ]
-    activation_zero_points = [z for z in zero_points if z.dtype != np.int32]  # int32: biases
-    assert activation_zero_points
-    assert all(z.dtype == np.int8 and not z.any() for z in activation_zero_points)
-    assert len(artifact.int8_nodes) >= 4  # the four convs of layer1
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(artifact.path), providers=["CPUExecutionProvider"])
-    out = session.run(None, {"input": batch.numpy()})[0]
-    np.testing.assert_allclose(out, _reference(candidate, batch), atol=0.05, rtol=0)
-
-
-def test_int8_scheme_rejects_unknown_activation_type():
-    with pytest.raises(ValueError, match="activation_type"):
-        Int8Scheme("QInt4")
-
-
-def test_onnx_size_bytes_counts_external_data(tmp_path):
-    model, x = make_model("resnet")
-    path = export_onnx(model, x, tmp_path / "model.onnx")
-    proto = onnx.load(str(path))
-    onnx.save_model(
-        proto,
-        str(tmp_path / "ext.onnx"),
-        save_as_external_data=True,
-        location="ext.bin",
-        size_threshold=0,
-    )
-
-    size = onnx_size_bytes(tmp_path / "ext.onnx")
-
-    assert size == (tmp_path / "ext.onnx").stat().st_size + (tmp_path / "ext.bin").stat().st_size
-    assert size > path.stat().st_size * 0.9

@@ -1,0 +1,224 @@
+"""``layerpilot search``: run (or ``--resume``) a search with a live progress bar."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent.cli.console import console, err_console, fmt, json_stdout
+from agent.cli.errors import EXIT_INTERRUPTED, CliError
+
+if TYPE_CHECKING:
+    from agent.config import SearchConfig
+
+RESUME_FLAGS = ("budget", "address", "workers", "timeout", "executor")
+"""Flags that may change where and how long a resumed search runs (the rest is its config)."""
+
+
+def add_parser(sub: Any) -> None:
+    from agent.config import AGENTS
+    from envs.reward import REWARD_MODES
+
+    p = sub.add_parser(
+        "search",
+        help="search per-layer strategies with an agent; every candidate measured and tracked",
+        description="Run a search. Flags override the --config file; the file overrides the "
+        "defaults (digits-resnet, ppo, budget 150, tradeoff reward with lam 0.5).",
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--workload", help="built-in workload (default digits-resnet)")
+    src.add_argument("--model", metavar="MODULE:FUNCTION", help="bring-your-own workload")
+    p.add_argument("--config", type=Path, help="search config file (.toml, .yaml or .json)")
+    p.add_argument("--seed", type=int, help="built-in workload training seed")
+    p.add_argument("--cache-dir", type=Path, help="workload and probe-table cache directory")
+    p.add_argument("--agent", choices=AGENTS, help="search agent (default ppo)")
+    p.add_argument("--agent-seed", type=int, help="agent seed (default 0)")
+    p.add_argument("--budget", type=int, help="candidates to evaluate (default 150)")
+    p.add_argument(
+        "--actions",
+        help="comma-separated actions to search (default: prune,lowrank,precision,skip; "
+        "add dynamic_skip for per-input gating, which trains a controller per candidate)",
+    )
+    p.add_argument(
+        "--recovery",
+        choices=("none", "short"),
+        help="per-candidate accuracy recovery: none (BatchNorm re-estimation, default) or short "
+        "(plus a 40-step distillation fine-tune)",
+    )
+    p.add_argument("--reward", choices=REWARD_MODES, help="reward mode (default tradeoff)")
+    p.add_argument("--lam", type=float, help="tradeoff: accuracy points per doubling of speed")
+    p.add_argument("--target-speedup", type=float, help="target mode: speedup to reach")
+    p.add_argument("--max-drop", type=float, help="max-drop mode: accuracy-drop bound (points)")
+    p.add_argument("--runtime", help="runtime (`layerpilot runtimes`; default onnxruntime-cpu)")
+    p.add_argument("--threads", type=int, help="runtime intra-op threads (default 1)")
+    p.add_argument("--batch-size", type=int, help="latency batch size (default 1)")
+    p.add_argument("--out", type=Path, help="search directory (default: new folder in ./runs)")
+    p.add_argument("--cache", type=Path, help="candidate cache file shared between searches")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///./mlflow.db)")
+    p.add_argument("--experiment", help="MLflow experiment name (default layerpilot)")
+    p.add_argument("--executor", choices=("local", "ray"), help="where candidates are measured")
+    p.add_argument(
+        "--address",
+        help="join this Ray cluster (auto, HOST:PORT or ray://HOST:PORT); candidates are "
+        "measured on all its nodes. Without it a local Ray instance starts when needed",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="evaluation workers per machine / Ray node (default 1); their timings take turns",
+    )
+    p.add_argument(
+        "--measure",
+        choices=("latency", "flops"),
+        help="latency: time every candidate (default); flops: latency-free, speed from FLOPs",
+    )
+    p.add_argument(
+        "--resume",
+        type=Path,
+        metavar="DIR",
+        help="continue the killed or interrupted search in DIR (its config; --budget may raise "
+        "its budget, --address/--workers/--timeout may change where it runs)",
+    )
+    p.add_argument("--timeout", type=float, help="per-candidate timeout in seconds (300)")
+    p.add_argument("--no-probes", action="store_true", help="ppo: skip the measured cost table")
+    p.add_argument("--no-log-model", action="store_true", help="do not log the best model")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON only")
+    p.set_defaults(func=run)
+
+
+def resume_config(args: argparse.Namespace) -> SearchConfig:
+    """The config of the search in ``--resume DIR``, with the flags `RESUME_FLAGS` allows.
+
+    Raises:
+        CliError: A flag that would change the search was given.
+        agent.resume.ResumeError: DIR cannot be resumed.
+    """
+    from agent.resume import resume_state
+
+    ignored = {"resume", "json", "func", "command", *RESUME_FLAGS}
+    given = sorted(
+        f"--{k.replace('_', '-')}"
+        for k, v in vars(args).items()
+        if k not in ignored and v not in (None, False)
+    )
+    if given:
+        raise CliError(
+            f"--resume continues a search with its own config; {', '.join(given)} cannot change "
+            f"it (allowed: {', '.join('--' + f for f in RESUME_FLAGS)})"
+        )
+    config, _ = resume_state(args.resume)
+    executor = args.executor or ("ray" if args.address else None)
+    return config.with_overrides(
+        budget=args.budget,
+        address=args.address,
+        executor=executor,
+        workers=args.workers,
+        timeout_s=args.timeout,
+    )
+
+
+def search_config(args: argparse.Namespace) -> SearchConfig:
+    """The `SearchConfig` of the flags over the ``--config`` file over the defaults.
+
+    Raises:
+        agent.config.ConfigError, envs.reward.RewardError: A value is invalid.
+    """
+    from agent.config import SearchConfig, load_config
+    from envs.reward import RewardConfig
+
+    if args.resume is not None:
+        return resume_config(args)
+    base = load_config(args.config) if args.config else SearchConfig()
+    if args.workload or args.model:
+        base = SearchConfig(**{**base.__dict__, "workload": args.workload, "model": args.model})
+    mode = args.reward
+    if mode is None and args.target_speedup is not None:
+        mode = "target"
+    r = base.reward
+    reward = RewardConfig(
+        mode=mode or r.mode,
+        lam=r.lam if args.lam is None else args.lam,
+        target_speedup=r.target_speedup if args.target_speedup is None else args.target_speedup,
+        max_drop=r.max_drop if args.max_drop is None else args.max_drop,
+    )
+    executor = args.executor or ("ray" if args.address else None)
+    return base.with_overrides(
+        seed=args.seed,
+        cache_dir=args.cache_dir,
+        agent=args.agent,
+        agent_seed=args.agent_seed,
+        budget=args.budget,
+        actions=None
+        if args.actions is None
+        else tuple(a.strip() for a in args.actions.split(",") if a.strip()),
+        reward=reward,
+        recovery=args.recovery,
+        runtime=args.runtime,
+        threads=args.threads,
+        batch_size=args.batch_size,
+        out=args.out,
+        cache=args.cache,
+        tracking_uri=args.tracking_uri,
+        experiment=args.experiment,
+        executor=executor,
+        address=args.address,
+        workers=args.workers,
+        measure=args.measure,
+        timeout_s=args.timeout,
+        probes=False if args.no_probes else None,
+        log_model=False if args.no_log_model else None,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from agent.search import SearchProgress, run_search
+
+    config = search_config(args)
+    json_out = json_stdout() if args.json else None
+    columns = (
+        TextColumn("[bold]{task.fields[phase]}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} candidates"),
+        TextColumn("best reward {task.fields[reward]}"),
+        TextColumn("best speedup @≤1pt {task.fields[speedup]}"),
+        TimeElapsedColumn(),
+        TextColumn("[dim]{task.fields[detail]}"),
+    )
+    with Progress(*columns, console=err_console(), disable=args.json, transient=False) as bar:
+        task = bar.add_task(
+            "search", total=config.budget, phase="starting", reward="–", speedup="–", detail=""
+        )
+
+        def show(p: SearchProgress) -> None:
+            bar.update(
+                task,
+                completed=p.evaluated,
+                phase=p.phase,
+                reward=fmt(p.best_reward, ".3f"),
+                speedup=fmt(p.best_speedup_1pt, ".2f", "x"),
+                detail=p.detail,
+            )
+
+        result = run_search(config, show, resume=args.resume is not None)
+    summary = {**result.summary, "out": str(result.out), "parent_run_id": result.parent_run_id}
+    if json_out is not None:
+        json_out.write(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+        json_out.flush()
+    else:
+        con = console()
+        s = result.summary
+        con.print(
+            f"{'interrupted' if result.interrupted else 'done'}: {s['candidates']} candidates "
+            f"({s['failed']} failed) in {s['wall_seconds']:.0f} s — best speedup at ≤1 pt drop "
+            f"{fmt(s['best_speedup_at_1pt'], '.2f', 'x')}, hypervolume {s['hypervolume']:.3f}, "
+            f"overhead {100 * s['overhead_share']:.1f} % of wall time"
+        )
+        con.print(
+            f"search directory: {result.out}  (report: {result.out / 'report' / 'report.md'})"
+        )
+        con.print(f"MLflow parent run: {result.parent_run_id}  (`layerpilot ui` to browse)")
+    return EXIT_INTERRUPTED if result.interrupted else 0

@@ -1,0 +1,188 @@
+"""A candidate as the ONNX file every ONNX-based runtime deploys.
+
+A candidate becomes an ONNX file in three steps, all in :func:`build_onnx`:
+
+1. :func:`export_onnx` — the TorchScript exporter, which scopes every node name by the modules
+   it ran in (``/layer1/layer1.0/conv1/Conv``), so
+   :func:`runners.precision_map.module_of_onnx_node` maps nodes back to the module paths a
+   strategy names (``layer1.0.conv1``). BatchNorm is folded into the preceding conv, and
+   initializers with equal values are stored once.
+2. int8 — :func:`runners.quantize.quantize_onnx`: QDQ, restricted to the nodes whose module is
+   covered by an ``"int8"`` entry of ``candidate.precisions`` and calibrated on
+   ``candidate.calibration``.
+3. fp16 (GPU runtimes only) — :func:`runners.quantize.convert_fp16` on the covered nodes.
+
+``runners/onnxruntime.py`` opens an ``InferenceSession`` on the result and
+``runners/tensorrt.py`` builds an engine from the same file. ``onnx`` is imported inside
+functions only.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from runners.base import Candidate, UnsupportedPrecisionError, check_precisions
+from runners.precision_map import check_entries_match
+from runners.quantize import (
+    ORT_CPU_INT8,
+    Int8Scheme,
+    check_calibration,
+    convert_fp16,
+    quantize_onnx,
+)
+from search_spaces.dynamic import DynamicSkipModel
+
+OPSET = 17
+"""ONNX opset of every export (LayerNormalization needs 17)."""
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+
+
+def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path) -> Path:
+    """Export ``model`` to ONNX with a dynamic batch axis, nodes named by module path.
+
+    Uses the TorchScript exporter (``dynamo=False``) because it scopes node names by module
+    (the dynamo exporter names them ``node_conv2d_2``); see
+    :func:`runners.precision_map.module_of_onnx_node`. Runs without gradients and with the
+    fused ``nn.MultiheadAttention`` fast path off (it does not export), restoring it afterwards.
+
+    Args:
+        model: An eval-mode model on CPU.
+        example_input: A batch-1 input; the batch axis is exported as ``"batch"``.
+        path: Where to write the ``.onnx`` file (parents are created).
+
+    Returns:
+        ``path``.
+
+    Example:
+        >>> export_onnx(nn.Linear(4, 2).eval(), torch.randn(1, 4), tmp / "m.onnx")  # doctest: +SKIP
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            # torch's own shape checks (inside nn.MultiheadAttention) warn while tracing; a
+            # TracerWarning raised by the user's code still shows.
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"torch\.")
+            torch.onnx.export(
+                model,
+                (example_input.detach().cpu(),),
+                str(path),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            )
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    return path
+
+
+@dataclass(frozen=True)
+class OnnxArtifact:
+    """The ONNX file a runtime loads, and what was done to it."""
+
+    path: Path
+    """The final ``.onnx`` (fp32, or with Q/DQ nodes and fp16 casts applied)."""
+    int8_nodes: tuple[str, ...] = ()
+    """Names of the compute nodes that run in int8 (fed by a ``DequantizeLinear``)."""
+    fp16_nodes: tuple[str, ...] = ()
+    """Names of the nodes converted to fp16."""
+
+
+def build_onnx(
+    candidate: Candidate,
+    workdir: Path,
+    *,
+    supported: frozenset[str] = frozenset({"fp32", "int8"}),
+    runtime: str = "onnxruntime-cpu",
+    int8: Int8Scheme = ORT_CPU_INT8,
+) -> OnnxArtifact:
+    """Export ``candidate`` and apply its precisions: the ONNX file a runtime deploys.
+
+    Files under ``workdir``: ``model.onnx`` (export), and when asked ``model.pre.onnx``
+    (quantization pre-processing), ``model.int8.onnx`` (QDQ) and ``model.fp16.onnx``.
+
+    Args:
+        candidate: The built model, its example input, precisions and calibration inputs.
+        workdir: Directory for the files (created).
+        supported: Precisions the calling runtime executes.
+        runtime: Its name, for error messages.
+        int8: The Q/DQ form the runtime's int8 kernels accept.
+
+    Raises:
+        UnsupportedPrecisionError: A precision outside ``supported`` is asked for.
+        MissingCalibrationError: int8 without calibration inputs.
+        PrecisionMappingError: A precision entry matches no node of the exported graph.
+    """
+    check_precisions(candidate.precisions, supported, runtime)
+    check_calibration(candidate)
+    workdir = Path(workdir)
+    precisions = candidate.precisions
+    if candidate.input_dependent:
+        return OnnxArtifact(_export_gated(candidate, workdir / "model.onnx"))
+    path = export_onnx(candidate.model, candidate.example_input, workdir / "model.onnx")
+    if not any(p != "fp32" for p in precisions.values()):
+        return OnnxArtifact(path)
+
+    import onnx
+
+    check_entries_match([n.name for n in onnx.load(str(path)).graph.node], precisions)
+    int8_nodes: tuple[str, ...] = ()
+    fp16_nodes: tuple[str, ...] = ()
+    if "int8" in precisions.values():
+        assert candidate.calibration is not None  # check_calibration made sure
+        path, int8_nodes = quantize_onnx(
+            path, workdir / "model.int8.onnx", precisions, candidate.calibration, int8
+        )
+    if "fp16" in precisions.values():
+        path, fp16_nodes = convert_fp16(path, workdir / "model.fp16.onnx", precisions)
+    return OnnxArtifact(path, int8_nodes, fp16_nodes)
+
+
+def _export_gated(candidate: Candidate, path: Path) -> Path:
+    from runners.onnx_gated import export_gated_onnx
+
+    lowered = sorted(m for m, p in candidate.precisions.items() if p != "fp32")
+    if lowered:
+        raise UnsupportedPrecisionError(
+            f"a dynamic-skip model runs fp32 only, but {', '.join(lowered)} asked for "
+            f"{sorted(set(candidate.precisions.values()) - {'fp32'})}: per-unit precision reads "
+            f"TorchScript node names, and the If-node export comes from the dynamo exporter"
+        )
+    model = candidate.model
+    assert isinstance(model, DynamicSkipModel)
+    return export_gated_onnx(
+        model,
+        candidate.example_input,
+        path,
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        opset=OPSET,
+    )
+
+
+def onnx_size_bytes(path: Path) -> int:
+    """Bytes of an ONNX file plus any external-data files it references."""
+    import onnx
+
+    path = Path(path)
+    model = onnx.load(str(path), load_external_data=False)
+    external = {
+        entry.value
+        for tensor in model.graph.initializer
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    return path.stat().st_size + sum((path.parent / f).stat().st_size for f in external)
