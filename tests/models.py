@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from envs.workloads import DataSplit, Workload
 from envs.workloads.digits import BasicBlock  # the same block the built-in ResNet uses
+from runners.base import Candidate
 from runners.build import Subject
 from runners.latency import LatencyConfig
 
@@ -202,3 +204,22 @@ def self_labelled_subject(name: str, samples: int, train: int) -> Subject:
     split = DataSplit(inputs, targets)
     held_out = DataSplit(inputs[train:], targets[train:])
     return Subject.prepare(Workload(f"tiny-{name}", model, x, split.head(train), held_out))
+
+
+def make_candidate(name: str, precisions: dict[str, str] | None = None) -> Candidate:
+    """A tiny model as a runtime's candidate; int8 entries get 32 calibration inputs."""
+    model, x = make_model(name)
+    calibration = torch.randn(32, *x.shape[1:], generator=torch.Generator().manual_seed(7))
+    return Candidate(model, x, precisions or {}, calibration if precisions else None)
+
+
+def random_batch(candidate: Candidate, n: int) -> torch.Tensor:
+    """``n`` seeded random inputs shaped like the candidate's example input."""
+    shape = candidate.example_input.shape[1:]
+    return torch.randn(n, *shape, generator=torch.Generator().manual_seed(11))
+
+
+def torch_reference(candidate: Candidate, batch: torch.Tensor) -> np.ndarray:
+    """The candidate's PyTorch outputs on ``batch`` (what a runtime must reproduce)."""
+    with torch.no_grad():
+        return candidate.model(batch).numpy()

@@ -14,42 +14,26 @@ from runners.onnxruntime import OnnxRuntimeCPU, OnnxRuntimeCUDA
 from runners.precision_map import PrecisionMappingError
 from runners.quantize import MissingCalibrationError
 
-from models import make_model
+from models import make_candidate, make_model, random_batch, torch_reference
 
 _COMPUTE_OPS = {"Conv", "Gemm", "MatMul"}
-
-
-def _candidate(name: str, precisions: dict[str, str] | None = None) -> Candidate:
-    model, x = make_model(name)
-    calibration = torch.randn(32, *x.shape[1:], generator=torch.Generator().manual_seed(7))
-    return Candidate(model, x, precisions or {}, calibration if precisions else None)
-
-
-def _batch(candidate: Candidate, n: int) -> torch.Tensor:
-    shape = candidate.example_input.shape[1:]
-    return torch.randn(n, *shape, generator=torch.Generator().manual_seed(11))
-
-
-def _reference(candidate: Candidate, batch: torch.Tensor) -> np.ndarray:
-    with torch.no_grad():
-        return candidate.model(batch).numpy()
 
 
 @pytest.mark.parametrize("name", ["resnet", "transformer"])
 @pytest.mark.parametrize("batch_size", [1, 5])
 def test_ort_fp32_outputs_equal_torch_at_any_batch_size(name, batch_size, tmp_path):
-    candidate = _candidate(name)
-    batch = _batch(candidate, batch_size)
+    candidate = make_candidate(name)
+    batch = random_batch(candidate, batch_size)
 
     compiled = OnnxRuntimeCPU().compile(candidate, tmp_path)
     out = compiled.run(batch.numpy())
 
     assert out.dtype == np.float32
-    np.testing.assert_allclose(out, _reference(candidate, batch), atol=1e-4, rtol=1e-3)
+    np.testing.assert_allclose(out, torch_reference(candidate, batch), atol=1e-4, rtol=1e-3)
 
 
 def test_ort_compiled_reports_file_size_and_measurement_facts(tmp_path):
-    compiled = OnnxRuntimeCPU(threads=1).compile(_candidate("resnet"), tmp_path)
+    compiled = OnnxRuntimeCPU(threads=1).compile(make_candidate("resnet"), tmp_path)
 
     assert compiled.size_bytes == compiled.onnx_path.stat().st_size
     assert compiled.info["threads"] == 1
@@ -60,8 +44,8 @@ def test_ort_compiled_reports_file_size_and_measurement_facts(tmp_path):
 
 
 def test_ort_int8_on_one_conv_quantizes_only_that_conv(tmp_path):
-    candidate = _candidate("resnet", {"layer1.0.conv1": "int8"})
-    batch = _batch(candidate, 4)
+    candidate = make_candidate("resnet", {"layer1.0.conv1": "int8"})
+    batch = random_batch(candidate, 4)
 
     compiled = OnnxRuntimeCPU().compile(candidate, tmp_path)
 
@@ -83,12 +67,12 @@ def test_ort_int8_on_one_conv_quantizes_only_that_conv(tmp_path):
     assert quantized == {conv_input, conv.output[0]}
     assert compiled.info["int8_nodes"] == 1
     np.testing.assert_allclose(
-        compiled.run(batch.numpy()), _reference(candidate, batch), atol=0.02, rtol=0
+        compiled.run(batch.numpy()), torch_reference(candidate, batch), atol=0.02, rtol=0
     )
 
 
 def test_ort_int8_node_names_survive_pre_processing(tmp_path):
-    candidate = _candidate("transformer", {"": "int8"})
+    candidate = make_candidate("transformer", {"": "int8"})
 
     OnnxRuntimeCPU().compile(candidate, tmp_path)
 
@@ -99,9 +83,9 @@ def test_ort_int8_node_names_survive_pre_processing(tmp_path):
 
 
 def test_ort_int8_everywhere_but_fc_keeps_fc_in_fp32_and_shrinks_the_file(tmp_path):
-    fp32 = OnnxRuntimeCPU().compile(_candidate("resnet"), tmp_path / "fp32")
-    candidate = _candidate("resnet", {"": "int8", "fc": "fp32"})
-    batch = _batch(candidate, 8)
+    fp32 = OnnxRuntimeCPU().compile(make_candidate("resnet"), tmp_path / "fp32")
+    candidate = make_candidate("resnet", {"": "int8", "fc": "fp32"})
+    batch = random_batch(candidate, 8)
 
     int8 = OnnxRuntimeCPU().compile(candidate, tmp_path / "int8")
 
@@ -112,13 +96,13 @@ def test_ort_int8_everywhere_but_fc_keeps_fc_in_fp32_and_shrinks_the_file(tmp_pa
     convs = [n for n in graph.node if n.op_type == "Conv"]
     assert all(any(producer.get(i) == "DequantizeLinear" for i in n.input) for n in convs)
     assert int8.size_bytes < fp32.size_bytes / 2
-    out, ref = int8.run(batch.numpy()), _reference(candidate, batch)
+    out, ref = int8.run(batch.numpy()), torch_reference(candidate, batch)
     assert np.corrcoef(out.ravel(), ref.ravel())[0, 1] > 0.99
 
 
 def test_ort_int8_on_a_transformer_linear_runs_close_to_fp32(tmp_path):
-    candidate = _candidate("transformer", {"encoder.layers.0.linear1": "int8"})
-    batch = _batch(candidate, 4)
+    candidate = make_candidate("transformer", {"encoder.layers.0.linear1": "int8"})
+    batch = random_batch(candidate, 4)
 
     compiled = OnnxRuntimeCPU().compile(candidate, tmp_path)
 
@@ -132,12 +116,12 @@ def test_ort_int8_on_a_transformer_linear_runs_close_to_fp32(tmp_path):
     assert "/encoder/layers.0/linear1/MatMul" in int8_matmuls
     assert not any("self_attn" in n or "linear2" in n for n in int8_matmuls)
     np.testing.assert_allclose(
-        compiled.run(batch.numpy()), _reference(candidate, batch), atol=0.05, rtol=0
+        compiled.run(batch.numpy()), torch_reference(candidate, batch), atol=0.05, rtol=0
     )
 
 
 def test_ort_cpu_rejects_fp16_naming_module_and_supported_precisions(tmp_path):
-    candidate = _candidate("resnet", {"layer1.0": "fp16"})
+    candidate = make_candidate("resnet", {"layer1.0": "fp16"})
 
     with pytest.raises(UnsupportedPrecisionError, match=r"'layer1\.0'.*'fp16'.*fp32, int8"):
         OnnxRuntimeCPU().compile(candidate, tmp_path)
@@ -162,7 +146,7 @@ def test_ort_int8_with_misshaped_calibration_raises_missing_calibration(tmp_path
 
 
 def test_ort_precision_on_unknown_module_raises_precision_mapping_error(tmp_path):
-    candidate = _candidate("resnet", {"layer9.conv1": "int8"})
+    candidate = make_candidate("resnet", {"layer9.conv1": "int8"})
 
     with pytest.raises(PrecisionMappingError, match=r"'layer9\.conv1'.*layer1\.0\.conv1"):
         OnnxRuntimeCPU().compile(candidate, tmp_path)
@@ -186,4 +170,4 @@ def test_ort_cuda_explains_why_it_is_unavailable_without_cuda_provider(tmp_path)
     from runners.base import RuntimeUnavailableError
 
     with pytest.raises(RuntimeUnavailableError, match="CUDAExecutionProvider"):
-        runtime.compile(_candidate("resnet"), tmp_path)
+        runtime.compile(make_candidate("resnet"), tmp_path)

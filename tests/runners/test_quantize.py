@@ -19,28 +19,12 @@ from runners.quantize import (
     quantize_onnx,
 )
 
-from models import make_model
-
-
-def _candidate(name: str, precisions: dict[str, str] | None = None) -> Candidate:
-    model, x = make_model(name)
-    calibration = torch.randn(32, *x.shape[1:], generator=torch.Generator().manual_seed(7))
-    return Candidate(model, x, precisions or {}, calibration if precisions else None)
-
-
-def _batch(candidate: Candidate, n: int) -> torch.Tensor:
-    shape = candidate.example_input.shape[1:]
-    return torch.randn(n, *shape, generator=torch.Generator().manual_seed(11))
-
-
-def _reference(candidate: Candidate, batch: torch.Tensor) -> np.ndarray:
-    with torch.no_grad():
-        return candidate.model(batch).numpy()
+from models import make_candidate, make_model, random_batch, torch_reference
 
 
 def test_tensorrt_int8_scheme_gives_signed_zero_point_free_qdq_that_still_runs(tmp_path):
-    candidate = _candidate("resnet", {"layer1": "int8"})
-    batch = _batch(candidate, 4)
+    candidate = make_candidate("resnet", {"layer1": "int8"})
+    batch = random_batch(candidate, 4)
 
     artifact = build_onnx(
         candidate, tmp_path, supported=frozenset({"fp32", "int8"}), int8=TENSORRT_INT8
@@ -58,7 +42,7 @@ def test_tensorrt_int8_scheme_gives_signed_zero_point_free_qdq_that_still_runs(t
 
     session = ort.InferenceSession(str(artifact.path), providers=["CPUExecutionProvider"])
     out = session.run(None, {"input": batch.numpy()})[0]
-    np.testing.assert_allclose(out, _reference(candidate, batch), atol=0.05, rtol=0)
+    np.testing.assert_allclose(out, torch_reference(candidate, batch), atol=0.05, rtol=0)
 
 
 def test_int8_scheme_rejects_unknown_activation_type():
