@@ -2,7 +2,8 @@
 
 - ``random``: every per-unit choice uniformly at random (seeded).
 - ``uniform``: one setting for all units — each prune level × precision × low-rank ratio, and
-  the same with every skippable block skipped — in order of increasing aggressiveness. A small
+  the same with every skippable block skipped (every unit an action removes) — in order of
+  increasing aggressiveness. A small
   grid (tens of candidates): it is exhausted before a budget of 100.
 - ``tpe``: Optuna's TPE sampler through Ray Tune's ``OptunaSearch`` searcher, with one
   categorical per (unit, action) as its search space and the search's reward as its objective.
@@ -18,6 +19,7 @@ import numpy as np
 
 from agent.base import Proposal
 from agent.records import CandidateRecord
+from search_spaces.actions import removes_unit
 from search_spaces.space import DecisionSpace
 from search_spaces.strategy import Strategy
 
@@ -55,14 +57,31 @@ class RandomAgent(_Baseline):
 
 
 def uniform_grid(space: DecisionSpace) -> list[Strategy]:
-    """Every "same setting on all units" strategy, distinct, least aggressive first."""
-    searched = [name for name in space.action_names if name != "skip"]
+    """Every "same setting on all units" strategy, distinct, least aggressive first.
+
+    An action that removes units (skip) is one on/off dimension — its removing value on every
+    unit that offers it — and counts twice towards aggressiveness; every other action is a
+    dimension over its values.
+    """
+    removing = {
+        name: value
+        for name in space.action_names
+        if (value := next((v for v in space.values(name) if removes_unit(name, v)), None))
+        is not None
+    }
+    searched = [name for name in space.action_names if name not in removing]
     grids = [range(len(space.values(name))) for name in searched]
-    skips = [False, True] if "skip" in space.action_names else [False]
-    combos = sorted(itertools.product(skips, *grids), key=lambda c: (sum(c[1:]) + 2 * c[0], c))
+    flags: list[tuple[bool, ...]] = [(False, True)] * len(removing) or [(False,)]
+    n_flags = len(flags)
+
+    def aggressiveness(c: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
+        return sum(c[n_flags:]) + 2 * sum(c[:n_flags]), c
+
+    combos = sorted(itertools.product(*flags, *grids), key=aggressiveness)
     out: list[Strategy] = []
     seen: set[str] = set()
-    for skip, *indices in combos:
+    for combo in combos:
+        removes, indices = combo[:n_flags], combo[n_flags:]
         choices = []
         for step in space.steps:
             choice = np.zeros_like(space.nvec)
@@ -71,8 +90,10 @@ def uniform_grid(space: DecisionSpace) -> list[Strategy]:
                 options = step.options.get(name, ())
                 if value in options:
                     choice[space.action_names.index(name)] = options.index(value)
-            if skip and "skip" in step.options:
-                choice[space.action_names.index("skip")] = 1
+            for (name, value), on in zip(removing.items(), removes, strict=False):
+                options = step.options.get(name, ())
+                if on and value in options:
+                    choice[space.action_names.index(name)] = options.index(value)
             choices.append(choice)
         strategy = space.to_strategy(choices)
         if strategy.key() not in seen:

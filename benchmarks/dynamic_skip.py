@@ -49,10 +49,10 @@ from _common import write_table
 from envs.workloads import get_workload
 from runners.build import BuildConfig, Subject, build_candidate
 from runners.evaluate import EvalConfig, Measurement, measure
-from runners.gate_training import GateTrainConfig, oracle_decisions
 from runners.latency import cpu_model
 from runners.recovery import recovery_preset
 from search_spaces import Strategy
+from search_spaces.actions.dynamic_skip.training import GateTrainConfig, oracle_decisions
 
 EXHAUSTIVE_LIMIT = 256
 

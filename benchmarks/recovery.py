@@ -47,11 +47,12 @@ from agent.report import load_records, pareto_front
 from envs.workloads import get_workload
 from runners.build import BuildConfig, Subject
 from runners.evaluate import EvalConfig, measure
-from runners.export import export_candidate, int8_everywhere
+from runners.export import export_candidate
 from runners.latency import LatencyConfig, cpu_model, measure_compiled
 from runners.onnxruntime import OrtCompiled, _open_session
 from runners.recovery import RECOVERY_PRESETS
 from search_spaces import Strategy
+from search_spaces.actions import with_everywhere
 
 LEVELS = ("none", "short", "full")
 MAX_DROP = 1.0
@@ -112,7 +113,8 @@ def levels_rows(subject: Subject, log: Log, ratios: list[float]) -> None:
         if row and base["accuracy"] - row["accuracy"] <= MAX_DROP
     ]
     ratio = min(ok)[1] if ok else min(ratios)
-    _levels(subject, log, f"prune {ratio:g} + int8", int8_everywhere(uniform_prune(subject, ratio)))
+    int8 = with_everywhere(uniform_prune(subject, ratio), "precision", "int8")
+    _levels(subject, log, f"prune {ratio:g} + int8", int8)
 
 
 def _levels(subject: Subject, log: Log, name: str, strategy: Strategy) -> None:

@@ -25,9 +25,8 @@ from typing import Any
 import numpy as np
 
 from envs.reward import Scored
+from search_spaces.actions import get_action
 from search_spaces.space import DecisionSpace
-
-PRECISION_FLOP_COST = {"fp32": 1.0, "fp16": 0.5, "int8": 0.25}
 
 
 @dataclass
@@ -46,9 +45,11 @@ class CostModel:
         """``(Δ log latency, Δ accuracy drop)`` of one legal choice at ``step``."""
         names = self.space.action_names
         table_lat, table_drop = self.log_latency[step], self.drop[step]
-        if "skip" in table_lat and choice[names.index("skip")]:
-            # a skipped block removes its own cost; the other actions on it do not apply
-            return float(table_lat["skip"][1]), float(table_drop["skip"][1])
+        remover = self.space.remover(step, choice)
+        if remover is not None:
+            # a removed (skipped) block removes its own cost; the other actions on it do not apply
+            idx = int(choice[names.index(remover)])
+            return float(table_lat[remover][idx]), float(table_drop[remover][idx])
         lat = drop = 0.0
         for name, idx in zip(names, choice, strict=True):
             if idx and name in table_lat:
@@ -81,7 +82,7 @@ class CostModel:
             d_lat, d_drop = self.choice_cost(step, legal)
             lat += d_lat
             drop += d_drop
-            if "skip" in self.space.action_names and legal[self.space.action_names.index("skip")]:
+            if self.space.remover(step, legal) is not None:
                 skipped.add(self.space.steps[step].unit.name)
         return lat, drop
 
@@ -107,8 +108,9 @@ def _empty(space: DecisionSpace) -> list[dict[str, np.ndarray]]:
 
 
 def flops_cost_model(space: DecisionSpace) -> CostModel:
-    """An unmeasured table from FLOP shares: prune r saves ~r of the unit's FLOPs (twice for the
-    next layer's input, counted once here), int8 saves ¾ of them, a skip saves the block's.
+    """An unmeasured table from FLOP shares: each value saves the share of the unit's FLOPs
+    its action says (``ActionHandler.flops_saving``: prune r saves ~r, int8 ¾, a skip the
+    block's, a dynamic skip the share of inputs expected to skip it).
 
     Accuracy costs are unknown without measuring, so they are set to small placeholders that
     grow with the FLOPs removed (enough for the env's running state, never reported).
@@ -117,16 +119,9 @@ def flops_cost_model(space: DecisionSpace) -> CostModel:
     for i, step in enumerate(space.steps):
         share = max(step.unit.flops_share, 1e-6)
         for name, values in step.options.items():
+            handler = get_action(name)
             for j, value in enumerate(values):
-                saved = 0.0
-                if name == "prune":
-                    saved = share * float(value)
-                elif name == "precision":
-                    saved = share * (1.0 - PRECISION_FLOP_COST.get(str(value), 1.0))
-                elif name == "skip":
-                    saved = share if value else 0.0
-                elif name == "lowrank":
-                    saved = share * (1.0 - float(value))
+                saved = share * handler.flops_saving(value)
                 lat[i][name][j] = math.log(max(1.0 - saved, 1e-3))
                 drop[i][name][j] = 10.0 * saved
     return CostModel(space, lat, drop, source="flops")
@@ -188,19 +183,21 @@ def probe_strategy(space: DecisionSpace, probe: tuple[int, str, int]) -> Any:
 
 
 def collective_probes(space: DecisionSpace) -> list[Any]:
-    """Whole-model probes the additive table cannot stand for: each non-identity precision on
-    every unit at once. A lone int8 layer pays a quantize/dequantize pair at both ends and is
-    often *slower*; int8 pays off when its neighbours are int8 too, which only a whole-model
-    measurement shows. These train the surrogate; they are not part of the table."""
-    if "precision" not in space.action_names:
-        return []
-    a = space.action_names.index("precision")
+    """Whole-model probes the additive table cannot stand for: each non-identity value of a
+    ``collective`` action (precision) on every unit at once. A lone int8 layer pays a
+    quantize/dequantize pair at both ends and is often *slower*; int8 pays off when its
+    neighbours are int8 too, which only a whole-model measurement shows. These train the
+    surrogate; they are not part of the table."""
     out = []
-    for value in space.values("precision")[1:]:
-        choices = space.identity()
-        for i, step in enumerate(space.steps):
-            options = step.options.get("precision", ())
-            if value in options:
-                choices[i][a] = options.index(value)
-        out.append(space.to_strategy(choices))
+    for name in space.action_names:
+        if not get_action(name).collective:
+            continue
+        a = space.action_names.index(name)
+        for value in space.values(name)[1:]:
+            choices = space.identity()
+            for i, step in enumerate(space.steps):
+                options = step.options.get(name, ())
+                if value in options:
+                    choices[i][a] = options.index(value)
+            out.append(space.to_strategy(choices))
     return out

@@ -167,8 +167,8 @@ class LayerEnv(gym.Env[np.ndarray, np.ndarray]):
         return obs, float(value), True, False, info
 
     def _skips(self, i: int, choice: np.ndarray) -> bool:
-        names = self.space.action_names
-        return "skip" in self.space.steps[i].options and bool(choice[names.index("skip")])
+        """Whether ``choice`` removes step ``i``'s unit (a skip): its inner steps are passed."""
+        return self.space.remover(i, choice) is not None
 
     def _end_of(self, i: int) -> int:
         """The first step after step ``i`` that is not inside ``i``'s unit."""

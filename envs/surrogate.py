@@ -23,11 +23,12 @@ import numpy as np
 
 from envs.cost import CostModel
 from envs.reward import Score, Scored
+from search_spaces.actions import get_action
 from search_spaces.space import DecisionSpace
 from search_spaces.strategy import Strategy
 
-N_DENSE = 11
-"""Leading dense features: intercept, table sums (3), whole-model shares (7)."""
+N_TABLE = 4
+"""Leading dense features before the actions' whole-model terms: intercept, table sums (3)."""
 ONEHOT_SHRINK = 5.0
 """How much harder per-unit corrections are shrunk than the dense ones."""
 
@@ -60,6 +61,8 @@ class Surrogate:
         self._drop_w: np.ndarray | None = None
         self._failed: set[str] = set()
         self.samples = 0
+        self._dense = N_TABLE + len(self._globals(space.identity()))
+        """Leading dense features: the table's and the actions' whole-model terms."""
 
     def features(self, strategy: Strategy) -> tuple[np.ndarray, float, float]:
         """One-hot choice features plus the table's ``(log latency, drop)`` prior."""
@@ -75,20 +78,17 @@ class Surrogate:
         return np.concatenate([extra, onehot]), lat, drop
 
     def _globals(self, choices: list[np.ndarray]) -> list[float]:
-        """Whole-model shares the additive table cannot express: int8 pays off only where
-        neighbours are int8 too (fewer quantize/dequantize pairs), so the *fraction* of int8
-        units carries the effect, and losses compound with the amount removed."""
+        """Whole-model terms the additive table cannot express, each action's own
+        (``ActionHandler.surrogate_terms``: int8 pays off only where neighbours are int8 too, so
+        the *fraction* of int8 units carries the effect; losses compound with the amount
+        removed), from the share of the units offering each action on which it is chosen."""
         names = self.space.action_names
-        shares = []
-        for action in ("precision", "prune", "skip"):
-            if action not in names:
-                shares.append(0.0)
-                continue
-            a = names.index(action)
+        shares: dict[str, float] = {}
+        for a, action in enumerate(names):
             where = [i for i, s in enumerate(self.space.steps) if action in s.options]
             chosen = sum(float(choices[i][a] > 0) for i in where)
-            shares.append(chosen / max(len(where), 1))
-        return [*shares, shares[0] ** 2, shares[0] ** 4, shares[1] * shares[2]]
+            shares[action] = chosen / max(len(where), 1)
+        return [term for action in names for term in get_action(action).surrogate_terms(shares)]
 
     def fit(self, data: Sequence[tuple[Strategy, Scored | None]]) -> None:
         """Refit the corrections on measured ``(strategy, result or None if failed)`` pairs."""
@@ -112,7 +112,7 @@ class Surrogate:
         # the table's sums and the whole-model shares explain most of it; per-unit one-hots
         # only correct what they cannot, so they are shrunk harder
         weights = np.full(x.shape[1], self.ridge * ONEHOT_SHRINK)
-        weights[:N_DENSE] = self.ridge
+        weights[: self._dense] = self.ridge
         weights[0] = 1e-6  # do not shrink the intercept
         gram = x.T @ x + np.diag(weights)
         self._lat_w = np.linalg.solve(gram, x.T @ np.asarray(y_lat))

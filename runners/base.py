@@ -48,11 +48,11 @@ class Candidate:
 
     @property
     def input_dependent(self) -> bool:
-        """Whether the model's cost depends on the input (dynamic skip): latency is then
-        measured over real inputs, not one repeated example."""
-        from search_spaces.dynamic import find_dynamic
+        """Whether the model's cost depends on the input (an action says so: dynamic skip):
+        latency is then measured over real inputs, not one repeated example."""
+        from search_spaces.actions import input_dependent
 
-        return find_dynamic(self.model) is not None
+        return input_dependent(self.model)
 
 
 @runtime_checkable

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import copy
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
 from envs.workloads.base import Workload
 from runners.base import Candidate
-from runners.gate_training import GateTrainConfig, train_controller
 from runners.recovery import RecoveryConfig, distill, reestimate_batchnorm
 from search_spaces import (
     Plan,
@@ -21,7 +19,8 @@ from search_spaces import (
     discover_units,
     resolve,
 )
-from search_spaces.dynamic import find_dynamic
+from search_spaces.actions import after_build, calibration_context, plan_is_structural
+from search_spaces.actions.dynamic_skip.training import GateTrainConfig
 
 
 @dataclass(frozen=True)
@@ -86,36 +85,32 @@ class Subject:
 def build_candidate(
     subject: Subject, strategy: Strategy, config: BuildConfig | None = None
 ) -> Candidate:
-    """Apply ``strategy`` to a copy of the subject's model and return the live candidate."""
+    """Apply ``strategy`` to a copy of the subject's model and return the live candidate.
+
+    The steps, in order: apply the plan; if any action is structural, re-estimate BatchNorm
+    (inside the actions' calibration context: a gated model runs every block); the actions'
+    after-build step (a dynamic-skip controller is trained); the recovery fine-tune, if on and
+    the plan is structural.
+    """
     config = config or BuildConfig()
     plan = subject.resolve(strategy)
     model, precisions = apply_plan(
         subject.model, subject.units, plan, subject.workload.example_input
     )
-    structural = any(name != "precision" for actions in plan.actions.values() for name in actions)
-    dynamic = find_dynamic(model)
+    structural = plan_is_structural(plan)
     if structural and config.bn_batches:
-        # statistics of the full backbone: the gates are not trained yet
-        with dynamic.forced(True) if dynamic is not None else nullcontext():
+        with calibration_context(model):
             reestimate_batchnorm(
                 model,
                 subject.workload.train.inputs,
                 batch_size=config.bn_batch_size,
                 max_batches=config.bn_batches,
             )
-    notes: dict[str, object] = {}
     recover = structural and config.recovery.enabled
     train = subject.workload.train
-    if recover and dynamic is None:
+    notes: dict[str, object] = dict(after_build(model, train.inputs, config, recover))
+    if recover:
         notes["recovery"] = asdict(distill(model, subject.model, train, config.recovery))
-    if dynamic is not None:
-        stats = train_controller(dynamic, train.inputs, config.gates)
-        notes["gate_training"] = asdict(stats)
-        if recover:
-            # SkipNet's and BlockDrop's joint fine-tune: the backbone learns, under its
-            # controller's decisions (controller frozen), the skips it will actually see
-            dynamic.backbone.requires_grad_(True)
-            notes["recovery"] = asdict(distill(model, subject.model, train, config.recovery))
     calibration = train.inputs[: config.calibration_samples]
     return Candidate(
         model=model,

@@ -26,12 +26,11 @@ from runners.base import (
     covered_by,
 )
 from runners.build import BuildConfig, Subject, build_candidate
-from runners.gate_training import gate_statistics
 from runners.latency import LatencyConfig, LatencyStats, measure_compiled, measure_over_inputs
 from runners.measure_lock import exclusive_measurement
 from runners.result import EvalResult, Measurement
 from search_spaces import Strategy
-from search_spaces.dynamic import find_dynamic
+from search_spaces.actions import measure_extras, plan_precisions
 
 #: Ideal throughput of each precision relative to fp32, for the FLOP-ideal speedup.
 PRECISION_COST = {"fp32": 1.0, "fp16": 0.5, "int8": 0.25}
@@ -114,15 +113,10 @@ def measure_candidate(
             else:
                 latency = measure_compiled(compiled, candidate.example_input, config.latency)
             timing_s = time.perf_counter() - start
-    dynamic = find_dynamic(candidate.model)
-    if dynamic is not None:
-        # decisions of the deployed (thresholded) controller over the whole eval split
-        stats = gate_statistics(dynamic, subject.workload.eval.inputs, config.eval_batch_size)
-        candidate.notes["dynamic"] = {
-            **stats,
-            "alpha": sum(dynamic.alphas) / len(dynamic.alphas),
-            "gated": list(dynamic.gated),
-        }
+    # what the actions measure of the built model (a gated model's decisions on the eval split)
+    candidate.notes.update(
+        measure_extras(candidate.model, subject.workload.eval.inputs, config.eval_batch_size)
+    )
     per_module = flops_by_module(candidate.model, candidate.example_input)
     leaves = _leaf_flops(candidate.model, per_module)
     weighted = sum(
@@ -177,12 +171,7 @@ def check_evaluable(subject: Subject, strategy: Strategy, config: EvalConfig) ->
     reason = runtime.unavailable_reason()
     if reason:
         raise RuntimeUnavailableError(f"runtime {config.runtime!r} cannot run here: {reason}")
-    wanted = {
-        unit: actions["precision"].precision
-        for unit, actions in plan.actions.items()
-        if "precision" in actions
-    }
-    check_precisions(wanted, runtime.precisions, config.runtime)
+    check_precisions(plan_precisions(plan), runtime.precisions, config.runtime)
 
 
 def evaluate(

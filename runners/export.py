@@ -37,6 +37,7 @@ from runners.metrics import format_count
 from runners.recovery import RecoveryConfig
 from runners.result import Measurement
 from search_spaces import Strategy, apply_plan
+from search_spaces.actions import with_everywhere
 
 FORMATS: dict[str, str] = {
     "onnx": "onnxruntime-cpu",
@@ -45,6 +46,9 @@ FORMATS: dict[str, str] = {
     "tensorrt": "tensorrt",
 }
 """Export format -> the runtime its report is measured on."""
+EVERYWHERE: dict[str, tuple[str, Any]] = {"onnx-int8": ("precision", "int8")}
+"""Export format -> the (action, value) it sets on every unit that allows it, replacing the
+strategy's own values of that action (``onnx-int8``: every unit int8)."""
 
 EXPORT_FILE = "export.json"
 STRATEGY_FILE = "strategy.json"
@@ -123,17 +127,6 @@ class ExportedModel:
         }
 
 
-def int8_everywhere(strategy: Strategy) -> Strategy:
-    """``strategy`` with every unit that allows it quantized to int8 (``onnx-int8``)."""
-    units: dict[str, dict[str, Any]] = {}
-    for unit, actions in strategy.to_dict()["units"].items():
-        kept = {k: v for k, v in actions.items() if k != "precision"}
-        if kept:
-            units[unit] = kept
-    units.setdefault("*", {})["precision"] = "int8"
-    return Strategy(units)
-
-
 def check_format(fmt: str, *, threads: int = 1) -> str:
     """The runtime ``fmt`` is measured on; raise before anything is built if it cannot run.
 
@@ -190,8 +183,8 @@ def export_candidate(
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"--out {out} exists and is not an empty directory; choose a new one")
-    if fmt == "onnx-int8":
-        strategy = int8_everywhere(strategy)
+    if fmt in EVERYWHERE:
+        strategy = with_everywhere(strategy, *EVERYWHERE[fmt])
     subject.resolve(strategy)  # a strategy that does not fit fails before any work
     config = replace(config, runtime=runtime, build=replace(config.build, recovery=recovery))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ from runners.quantize import (
     convert_fp16,
     quantize_onnx,
 )
-from search_spaces.dynamic import DynamicSkipModel
+from search_spaces.errors import PrecisionNotExportableError
 
 OPSET = 17
 """ONNX opset of every export (LayerNormalization needs 17)."""
@@ -129,8 +129,9 @@ def build_onnx(
     check_calibration(candidate)
     workdir = Path(workdir)
     precisions = candidate.precisions
-    if candidate.input_dependent:
-        return OnnxArtifact(_export_gated(candidate, workdir / "model.onnx"))
+    own = _export_by_action(candidate, workdir / "model.onnx")
+    if own is not None:  # an action's own exporter (dynamic skip: gates as If nodes)
+        return OnnxArtifact(own)
     path = export_onnx(candidate.model, candidate.example_input, workdir / "model.onnx")
     if not any(p != "fp32" for p in precisions.values()):
         return OnnxArtifact(path)
@@ -150,26 +151,23 @@ def build_onnx(
     return OnnxArtifact(path, int8_nodes, fp16_nodes)
 
 
-def _export_gated(candidate: Candidate, path: Path) -> Path:
-    from runners.onnx_gated import export_gated_onnx
+def _export_by_action(candidate: Candidate, path: Path) -> Path | None:
+    """The file an action's own exporter wrote for the candidate, or ``None`` (the default
+    export serves); per-unit precisions it cannot apply raise `UnsupportedPrecisionError`."""
+    from search_spaces.actions import export_onnx as export_by_action
 
-    lowered = sorted(m for m, p in candidate.precisions.items() if p != "fp32")
-    if lowered:
-        raise UnsupportedPrecisionError(
-            f"a dynamic-skip model runs fp32 only, but {', '.join(lowered)} asked for "
-            f"{sorted(set(candidate.precisions.values()) - {'fp32'})}: per-unit precision reads "
-            f"TorchScript node names, and the If-node export comes from the dynamo exporter"
+    try:
+        return export_by_action(
+            candidate.model,
+            candidate.example_input,
+            path,
+            precisions=candidate.precisions,
+            input_name=INPUT_NAME,
+            output_name=OUTPUT_NAME,
+            opset=OPSET,
         )
-    model = candidate.model
-    assert isinstance(model, DynamicSkipModel)
-    return export_gated_onnx(
-        model,
-        candidate.example_input,
-        path,
-        input_name=INPUT_NAME,
-        output_name=OUTPUT_NAME,
-        opset=OPSET,
-    )
+    except PrecisionNotExportableError as exc:
+        raise UnsupportedPrecisionError(str(exc)) from exc
 
 
 def onnx_size_bytes(path: Path) -> int:

@@ -328,33 +328,9 @@ class EvalResult:
 
 def _action_metrics(m: Measurement) -> dict[str, float]:
     """The fields the candidate's actions add to its record (empty for most strategies)."""
-    try:
-        from search_spaces.actions import (  # type: ignore[attr-defined,unused-ignore]
-            record_metrics,
-        )
-    except ImportError:  # the registry does not answer yet: dynamic skip's fields, by hand
-        return _dynamic_fields(m)
+    from search_spaces.actions import record_metrics
+
     return dict(record_metrics(m.info, m.latency.to_dict()))
-
-
-def _dynamic_fields(m: Measurement) -> dict[str, float]:
-    """Top-level fields of an input-dependent (dynamic-skip) candidate; empty otherwise."""
-    gates = m.info.get("dynamic")
-    if not isinstance(gates, dict):
-        return {}
-    nan = math.nan
-    return {
-        "executed_blocks": gates["executed_blocks"],
-        "executed_share": gates["executed_share"],
-        "gated_blocks": gates["gated_blocks"],
-        "dynamic_alpha": gates["alpha"],
-        "latency_input_median_ms": _or(m.latency.input_median_ms, nan),
-        "latency_input_p90_ms": _or(m.latency.input_p90_ms, nan),
-    }
-
-
-def _or(value: float | None, default: float) -> float:
-    return default if value is None else value
 
 
 def _number(data: Mapping[str, Any], name: str, kind: type[int] | type[float]) -> Any:

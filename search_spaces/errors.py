@@ -32,3 +32,7 @@ class ActionNotAllowedError(StrategyError):
 
 class TransformError(RuntimeError):
     """A transform failed while building a candidate (a bug or an unsupported model)."""
+
+
+class PrecisionNotExportableError(StrategyError):
+    """An action's own exporter cannot apply the per-unit precisions a strategy asks for."""

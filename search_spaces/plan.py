@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from search_spaces.actions import ACTIONS, BuildContext, get_action
+from search_spaces.actions import BuildContext, get_action, handlers
 from search_spaces.errors import ActionNotAllowedError, InvalidActionValueError
 from search_spaces.strategy import DEFAULT_KEY, Strategy
 from search_spaces.units import UnitTable
@@ -80,13 +80,14 @@ def apply_plan(
     """A transformed copy of ``model`` and its per-module precisions. ``model`` is untouched.
 
     Actions run in registry order (prune on the full graph, then low-rank, then skip), units in
-    execution order, so the same plan always gives the same model.
+    execution order, so the same plan always gives the same model. A unit inside one that an
+    earlier action removed (a skipped block) is left alone by the later actions.
     """
     ctx = BuildContext(copy.deepcopy(model).eval(), example_input)
-    for handler in sorted(ACTIONS.values(), key=lambda h: h.order):
+    for handler in handlers():
         for unit in units:
             config = plan.actions.get(unit.name, {}).get(handler.name)
-            if config is None or _inside_skipped(unit.name, plan, handler.order):
+            if config is None or _inside_removed(unit.name, plan, handler.order):
                 continue
             handler.apply(ctx, unit, config)
         handler.finalize(ctx)
@@ -94,11 +95,14 @@ def apply_plan(
     return ctx.model, dict(ctx.precisions)
 
 
-def _inside_skipped(name: str, plan: Plan, order: int) -> bool:
-    """Whether ``name`` lies inside a block the plan skips (and skip already ran)."""
-    if order <= get_action("skip").order:
-        return False
+def _inside_removed(name: str, plan: Plan, order: int) -> bool:
+    """Whether ``name`` lies inside a unit an action of ``plan`` removes (one that ran already,
+    i.e. before ``order``)."""
     return any(
-        name.startswith(block + ".") and acts.get("skip") is not None
+        name.startswith(block + ".")
+        and any(
+            get_action(action).order < order and get_action(action).removes_unit(config)
+            for action, config in acts.items()
+        )
         for block, acts in plan.actions.items()
     )

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from search_spaces.actions import default_actions, get_action
+from search_spaces.actions import ACTIONS, default_actions, get_action
 from search_spaces.strategy import Strategy
 from search_spaces.units import Unit, UnitTable
 
@@ -48,9 +48,10 @@ class DecisionSpace:
     Args:
         units: The model's decision units.
         actions: Action names to search (default: the registered actions searched by default;
-            ``dynamic_skip`` is opt-in).
-        precisions: Precisions the runtime runs (default: the precision action's choices); the
-            search offers only these.
+            an action may be opt-in, see ``ActionHandler.searched_by_default``).
+        precisions: Precisions the runtime runs (default: unknown, every action offers its
+            choices); an action that sets a precision offers only these
+            (``ActionHandler.offered_choices``).
     """
 
     def __init__(
@@ -65,17 +66,25 @@ class DecisionSpace:
         self.units = units
         self.action_names: tuple[str, ...] = tuple(names)
         self._values: dict[str, tuple[Any, ...]] = {}
+        runs = None if precisions is None else frozenset(precisions)
         for name in names:
-            values = tuple(get_action(name).choices)
-            if name == "precision" and precisions is not None:
-                values = (values[0], *sorted(p for p in precisions if p != values[0]))
-            self._values[name] = values
+            self._values[name] = tuple(get_action(name).offered_choices(runs))
         self.steps: tuple[Step, ...] = tuple(
             step for unit in units if (step := self._step(unit)) is not None
         )
         self.nvec = np.array([len(self._values[n]) for n in names], dtype=np.int64)
         self._index = {step.unit.name: i for i, step in enumerate(self.steps)}
-        self._blocks = {s.unit.name for s in self.steps if "skip" in s.options}
+        # per step: the (action, index) pairs whose value removes the unit (read on every step
+        # of every episode, so asked of the handlers once)
+        self._removers = [
+            {
+                (name, j)
+                for name, values in step.options.items()
+                for j, value in enumerate(values)
+                if _removes(name, value)
+            }
+            for step in self.steps
+        ]
 
     def _step(self, unit: Unit) -> Step | None:
         options = {
@@ -122,18 +131,30 @@ class DecisionSpace:
         return options[min(max(int(index), 0), len(options) - 1)]
 
     def inside_skipped(self, step: int, skipped: set[str]) -> bool:
-        """Whether ``step``'s unit lies inside one of the ``skipped`` blocks."""
+        """Whether ``step``'s unit lies inside one of the ``skipped`` (removed) units."""
         name = self.steps[step].unit.name
         return any(name.startswith(block + ".") for block in skipped)
+
+    def remover(self, step: int, choice: Sequence[int] | np.ndarray) -> str | None:
+        """The action of a legal ``choice`` at ``step`` that removes the unit (``skip``), if
+        any: the unit's other actions and its inner steps then do not apply."""
+        removers = self._removers[step]
+        if removers:
+            for name, idx in zip(self.action_names, choice, strict=True):
+                if (name, int(idx)) in removers:
+                    return name
+        return None
 
     # ---------------------------------------------------------------- whole strategies
     def to_strategy(self, choices: Sequence[Sequence[int] | np.ndarray]) -> Strategy:
         """The strategy of one choice per step (legalised; units in skipped blocks dropped).
 
         Equal models give equal strategies, so the cache never measures one model twice under
-        two spellings. One rule spans units: a strategy that gates any block dynamically runs
-        fp32 everywhere (its ONNX comes from the dynamo exporter, whose node names the per-unit
-        precision mapping cannot read yet), so ``precision`` choices are dropped then.
+        two spellings: a unit an action removes keeps only that action, and its inner units are
+        dropped. One rule spans units: the actions a used action ``excludes`` are dropped
+        model-wide (a strategy that gates any block dynamically runs fp32 everywhere: its ONNX
+        comes from the dynamo exporter, whose node names the per-unit precision mapping cannot
+        read yet).
         """
         if len(choices) != len(self.steps):
             raise ValueError(f"need one choice per step ({len(self.steps)}), got {len(choices)}")
@@ -147,16 +168,20 @@ class DecisionSpace:
             for name, idx in zip(self.action_names, legal, strict=True):
                 if idx:
                     acts[name] = self.value(i, name, int(idx))
-            if acts.get("skip"):
+            remover = self.remover(i, legal)
+            if remover is not None:
                 skipped.add(self.steps[i].unit.name)
-                acts = {"skip": True}
+                acts = {remover: acts[remover]}
             if acts:
                 units[self.steps[i].unit.name] = acts
-        if any(acts.get("dynamic_skip") for acts in units.values()):
+        excluded = {
+            other for acts in units.values() for name in acts for other in ACTIONS[name].excludes
+        }
+        if excluded:
             units = {
                 name: rest
                 for name, acts in units.items()
-                if (rest := {a: v for a, v in acts.items() if a != "precision"})
+                if (rest := {a: v for a, v in acts.items() if a not in excluded})
             }
         return Strategy(units)
 
@@ -222,3 +247,8 @@ class DecisionSpace:
                 self.steps[step].options[action].index(value)
             )
         return self.to_strategy(choices)
+
+
+def _removes(name: str, value: Any) -> bool:
+    handler = get_action(name)
+    return handler.removes_unit(handler.parse(value))

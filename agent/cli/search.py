@@ -17,6 +17,39 @@ RESUME_FLAGS = ("budget", "address", "workers", "timeout", "executor")
 """Flags that may change where and how long a resumed search runs (the rest is its config)."""
 
 
+class ActionsOption(argparse.Action):
+    """``--actions``: a plain string option whose help lists the registered actions.
+
+    The help is read from the action registry only when it is shown: importing the registry
+    imports torch, which every other command would then pay for.
+    """
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+
+    @property  # type: ignore[override]
+    def help(self) -> str:
+        from search_spaces.actions import ACTIONS, default_actions
+
+        defaults = default_actions()
+        opt_in = [
+            f"{name} ({ACTIONS[name].summary})" if ACTIONS[name].summary else name
+            for name in sorted(set(ACTIONS) - set(defaults))
+        ]
+        text = f"comma-separated actions to search (default: {','.join(defaults)}"
+        return text + (f"; add {'; '.join(opt_in)})" if opt_in else ")")
+
+    @help.setter
+    def help(self, value: str | None) -> None:
+        pass  # argparse sets it in __init__; the registry answers instead
+
+
 def add_parser(sub: Any) -> None:
     from agent.config import AGENTS
     from envs.reward import REWARD_MODES
@@ -36,11 +69,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--agent", choices=AGENTS, help="search agent (default ppo)")
     p.add_argument("--agent-seed", type=int, help="agent seed (default 0)")
     p.add_argument("--budget", type=int, help="candidates to evaluate (default 150)")
-    p.add_argument(
-        "--actions",
-        help="comma-separated actions to search (default: prune,lowrank,precision,skip; "
-        "add dynamic_skip for per-input gating, which trains a controller per candidate)",
-    )
+    p.add_argument("--actions", action=ActionsOption)
     p.add_argument(
         "--recovery",
         choices=("none", "short"),

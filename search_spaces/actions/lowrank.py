@@ -39,6 +39,7 @@ def _rank(in_f: int, out_f: int, ratio: float) -> int:
 
 
 class LowRankHandler(ActionHandler):
+    summary = "truncated-SVD factorisation of a Linear or 1x1 convolution"
     name = "lowrank"
     order = 20
     choices = (1.0, 0.5, 0.25)
@@ -46,6 +47,9 @@ class LowRankHandler(ActionHandler):
 
     def parse(self, value: Any) -> LowRankConfig:
         return LowRankConfig(value)
+
+    def flops_saving(self, value: Any) -> float:
+        return 1.0 - float(self.parse(value).ratio)
 
     def why_not(self, unit: Unit) -> str | None:
         if unit.kind == "conv" and (unit.kernel != 1 or unit.groups != 1):

@@ -8,6 +8,7 @@ group's L2 magnitude); attention units drop their lowest-magnitude heads.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +51,7 @@ def kept_channels(channels: int, ratio: float) -> int:
 
 
 class PruneHandler(ActionHandler):
+    summary = "structured pruning of channels, FFN width or heads"
     name = "prune"
     order = 10
     choices = (0.0, 0.25, 0.5, 0.75)
@@ -57,6 +59,13 @@ class PruneHandler(ActionHandler):
 
     def parse(self, value: Any) -> PruneConfig:
         return PruneConfig(value)
+
+    def flops_saving(self, value: Any) -> float:
+        # ~r of the unit's FLOPs (and of the next layer's input, not counted here)
+        return float(self.parse(value).ratio)
+
+    def surrogate_terms(self, shares: Mapping[str, float]) -> tuple[float, ...]:
+        return (shares[self.name],)
 
     def why_not(self, unit: Unit) -> str | None:
         if unit.kind == "block":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,7 @@ class SkipConfig:
 
 
 class SkipHandler(ActionHandler):
+    summary = "remove a residual block for every input"
     name = "skip"
     order = 30
     choices = (False, True)
@@ -49,6 +51,16 @@ class SkipHandler(ActionHandler):
 
     def parse(self, value: Any) -> SkipConfig:
         return SkipConfig(value)
+
+    def removes_unit(self, config: SkipConfig) -> bool:
+        return config.skip
+
+    def flops_saving(self, value: Any) -> float:
+        return 1.0 if self.parse(value).skip else 0.0
+
+    def surrogate_terms(self, shares: Mapping[str, float]) -> tuple[float, ...]:
+        # losses compound with the amount removed: pruned layers in the blocks that remain
+        return (shares[self.name], shares.get("prune", 0.0) * shares[self.name])
 
     def why_not(self, unit: Unit) -> str | None:
         return block_reason(unit)

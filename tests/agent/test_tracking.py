@@ -21,12 +21,16 @@ from agent.tracking import (
     load_run,
     load_search,
     load_search_runs,
+    log_export,
     param_key,
     records_from_runs,
     strategy_params,
 )
+from runners.export import ExportedModel
 from runners.job import Outcome
-from runners.result import EvalResult
+from runners.latency import LatencyStats
+from runners.recovery import RecoveryConfig
+from runners.result import EvalResult, Measurement
 from search_spaces import Strategy
 
 CONFIG = {"agent": "ppo", "budget": 8, "eval": {"runtime": "onnxruntime", "threads": 1}}
@@ -483,3 +487,69 @@ def test_log_best_model_falls_back_to_pickle_when_the_model_does_not_trace(searc
     with _use_tracking_uri(tracker.tracking_uri):
         loaded = mlflow.pytorch.load_model(uri)
     assert torch.allclose(loaded(example), model(example))
+
+
+def _torch_export(out: Path) -> ExportedModel:
+    """A ``torch``-format export of a tiny model, as :func:`log_export` is handed it."""
+    out.mkdir()
+    (out / "report.md").write_text("# export\n")
+    STRATEGY.save(out / "strategy.json")
+    (out / "export.json").write_text("{}")
+    (out / "model.pt").write_bytes(b"")
+    measured = Measurement(
+        accuracy=97.0,
+        latency=LatencyStats.not_timed(),
+        flops=1_000,
+        weighted_flops=1_000.0,
+        params=10,
+        size_bytes=100,
+        info={},
+    )
+    return ExportedModel(
+        format="torch",
+        out=out,
+        files={"model": "model.pt", "strategy": "strategy.json", "report": "report.md"},
+        strategy=STRATEGY,
+        runtime="torch-cpu",
+        candidate=measured,
+        baseline=measured,
+        recovery=RecoveryConfig(steps=0),
+        source={"workload": "digits-resnet", "candidate": 3},
+    )
+
+
+def test_log_export_logs_torch_model_by_the_same_policy_as_the_best_model(
+    store: str, tmp_path: Path
+):
+    import mlflow.pytorch
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 3))
+
+    logged = log_export(
+        _torch_export(tmp_path / "out"),
+        tracking_uri=store,
+        experiment="export-policy",
+        register="tiny-torch",
+        example_input=torch.randn(1, 8),
+        torch_model=model,
+    )
+
+    run = MlflowClient(store).get_run(logged["run_id"])
+    assert run.data.tags["layerpilot.kind"] == "export"
+    assert run.data.tags["layerpilot.torch_serialization"] == "pt2"
+    assert run.data.params["extra:source.candidate"] == "3"
+    assert logged["model_version"] == "1"
+    with _use_tracking_uri(store):
+        loaded = mlflow.pytorch.load_model(logged["model_uri"])
+    x = torch.randn(4, 8)
+    assert torch.allclose(loaded(x), model(x))
+
+
+def test_log_export_raises_before_logging_when_torch_export_has_no_model(
+    store: str, tmp_path: Path
+):
+    with pytest.raises(ValueError, match="torch_model="):
+        log_export(_torch_export(tmp_path / "out"), tracking_uri=store, experiment="no-model")
+
+    assert MlflowClient(store).get_experiment_by_name("no-model") is None

@@ -18,11 +18,11 @@ from envs.reward import Score
 from envs.workloads import DataSplit, Workload
 from runners.build import BuildConfig, Subject, build_candidate
 from runners.evaluate import EvalConfig, measure
-from runners.gate_training import GateTrainConfig
 from runners.job import Outcome
 from runners.result import EvalResult, Measurement
 from search_spaces import Strategy
-from search_spaces.dynamic import DynamicSkipModel
+from search_spaces.actions.dynamic_skip.model import DynamicSkipModel
+from search_spaces.actions.dynamic_skip.training import GateTrainConfig
 from search_spaces.space import DecisionSpace
 
 from models import QUICK_LATENCY, make_model

@@ -19,14 +19,14 @@ from runners.export import (
     EXPORT_FILE,
     ExportError,
     export_candidate,
-    int8_everywhere,
     load_torch_export,
 )
-from runners.gate_training import GateTrainConfig
 from runners.onnxruntime import _open_session
 from runners.recovery import RecoveryConfig
 from search_spaces import Strategy
-from search_spaces.dynamic import DynamicSkipModel
+from search_spaces.actions import with_everywhere
+from search_spaces.actions.dynamic_skip.model import DynamicSkipModel
+from search_spaces.actions.dynamic_skip.training import GateTrainConfig
 from search_spaces.errors import StrategyError
 
 from models import QUICK_LATENCY, self_labelled_subject
@@ -109,7 +109,7 @@ def test_report_states_the_figures_of_export_json(subject, strategy, tmp_path):
 
 def test_int8_everywhere_overrides_unit_precisions_and_keeps_structure() -> None:
     s = Strategy({"a": {"prune": 0.5, "precision": "fp32"}, "b": {"precision": "fp32"}})
-    assert int8_everywhere(s).to_dict()["units"] == {
+    assert with_everywhere(s, "precision", "int8").to_dict()["units"] == {
         "*": {"precision": "int8"},
         "a": {"prune": 0.5},
     }

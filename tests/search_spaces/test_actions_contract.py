@@ -90,21 +90,36 @@ def test_action_leaves_the_original_model_untouched(case):
 
 def test_action_reduces_what_it_promises(case):
     name, model, x, action, strategy = case
+    handler = ACTIONS[action]
+    promise = handler.contract
 
     built, precisions = _build(name, strategy)
 
-    if action == "precision":
-        assert precisions and set(precisions.values()) == {"int8"}
+    if promise.lowers_precision:
+        assert precisions and set(precisions.values()) == {_first_change(action)}
+    if promise.params == "same":
         assert count_params(built) == count_params(model)
-    elif action == "dynamic_skip":
-        # an untrained controller runs every block; closed gates remove their compute
-        with built.forced(False):
+    elif promise.params == "fewer":
+        assert count_params(built) < count_params(model)
+    if promise.fewer_flops:
+        with handler.cheapest(built):
             assert count_flops(built, x) < count_flops(model, x)
+    if promise.outputs_unchanged:
         with torch.no_grad():
             torch.testing.assert_close(built(x), model(x), atol=1e-5, rtol=1e-5)
-    else:
-        assert count_params(built) < count_params(model)
-        assert count_flops(built, x) < count_flops(model, x)
+    # every action promises something the suite checks
+    assert promise.lowers_precision or promise.params != "any" or promise.fewer_flops
+
+
+def test_every_registered_action_states_its_contract():
+    # the promises the suite checks for the built-in actions (a new action states its own)
+    promises = {name: handler.contract for name, handler in ACTIONS.items()}
+
+    assert promises["precision"].lowers_precision and promises["precision"].params == "same"
+    assert not promises["precision"].exact_export
+    assert promises["dynamic_skip"].fewer_flops and promises["dynamic_skip"].outputs_unchanged
+    for name in ("prune", "lowrank", "skip"):
+        assert promises[name].params == "fewer" and promises[name].fewer_flops
 
 
 def test_action_exports_to_onnx_and_runs_in_onnxruntime(case, tmp_path):

@@ -10,7 +10,7 @@ import torch
 
 from runners.base import Candidate
 from search_spaces import Strategy, apply_plan, canonicalize, discover_units, resolve
-from search_spaces.dynamic import DynamicSkipModel, SkipController
+from search_spaces.actions.dynamic_skip.model import DynamicSkipModel, SkipController
 from search_spaces.space import DecisionSpace
 
 from models import make_model

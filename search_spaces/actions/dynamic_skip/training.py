@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from search_spaces.dynamic import DynamicSkipModel
+from search_spaces.actions.dynamic_skip.model import DynamicSkipModel
 
 FIDELITY_FLOOR = 5.0
 """Per-input KL above this is clipped: one hopeless input should not dominate."""

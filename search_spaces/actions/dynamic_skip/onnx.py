@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from search_spaces.dynamic import DynamicSkipModel
+from search_spaces.actions.dynamic_skip.model import DynamicSkipModel
 
 GATES_NAME = "gates"
 """Name of the decisions output."""

@@ -6,14 +6,14 @@ import copy
 
 import torch
 
-from runners.gate_training import (
+from search_spaces import Strategy, apply_plan, canonicalize, discover_units, resolve
+from search_spaces.actions.dynamic_skip.training import (
     GateTrainConfig,
     fidelity,
     gate_statistics,
     oracle_decisions,
     train_controller,
 )
-from search_spaces import Strategy, apply_plan, canonicalize, discover_units, resolve
 
 from models import make_model
 

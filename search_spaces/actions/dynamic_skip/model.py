@@ -15,7 +15,7 @@ Structure: the wrapper :class:`DynamicSkipModel` owns the :class:`SkipController
 recurrent state before each forward; each :class:`GatedBlock` asks the controller (through a
 shared, unregistered :class:`GateState`) before running its block. Gates are thresholded at 0.5
 in eval mode and sampled (Bernoulli) in training mode, when the log-probabilities are recorded
-for REINFORCE (:mod:`runners.gate_training`).
+for REINFORCE (:mod:`search_spaces.actions.dynamic_skip.training`).
 """
 
 from __future__ import annotations
