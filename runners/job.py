@@ -136,6 +136,8 @@ class EvalSpec:
 
     def cache_scope(self) -> dict[str, Any]:
         """What, besides the strategy, decides a measurement (the candidate cache's key)."""
+        from runners.quantize import int8_scope
+
         return {
             "workload": self.name,
             "seed": self.seed,
@@ -146,6 +148,7 @@ class EvalSpec:
             "latency": asdict(self.eval.latency)  # the protocol changes what is reported
             if self.eval.time_latency
             else "not timed",
+            **int8_scope(self.eval.runtime),
         }
 
 

@@ -319,6 +319,18 @@ def measure_over_inputs(
     )
 
 
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (Linux x86), else an empty set."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
 def cpu_model() -> str | None:
     """The CPU's model name from ``/proc/cpuinfo`` (Linux), else ``None``."""
     try:

@@ -18,6 +18,7 @@ import numpy as np
 from runners.base import Candidate, RuntimeUnavailableError
 from runners.latency import cpu_model
 from runners.onnx_export import INPUT_NAME, OUTPUT_NAME, build_onnx, onnx_size_bytes
+from runners.quantize import ORT_CPU_INT8, Int8Scheme, ort_cpu_int8
 
 
 @dataclass
@@ -61,10 +62,11 @@ def _compile(
     supported: frozenset[str],
     threads: int,
     providers: list[Any],
+    int8: Int8Scheme = ORT_CPU_INT8,
 ) -> OrtCompiled:
     import onnxruntime as ort
 
-    artifact = build_onnx(candidate, workdir, supported=supported, runtime=runtime)
+    artifact = build_onnx(candidate, workdir, supported=supported, runtime=runtime, int8=int8)
     session = _open_session(artifact.path, threads, providers)
     info: dict[str, object] = {
         "threads": threads,
@@ -126,6 +128,7 @@ class OnnxRuntimeCPU:
             supported=self.precisions,
             threads=self.threads,
             providers=["CPUExecutionProvider"],
+            int8=ort_cpu_int8(),
         )
 
 

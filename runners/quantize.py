@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,6 +45,8 @@ class Int8Scheme:
     """``"QUInt8"`` or ``"QInt8"`` (weights are always per-channel, symmetric ``QInt8``)."""
     symmetric_activations: bool = False
     """Activation zero point fixed at 0 (TensorRT accepts only that)."""
+    reduce_range: bool = False
+    """7-bit weights (``quantize_static(reduce_range=True)``): see `ort_cpu_int8`."""
 
     def __post_init__(self) -> None:
         if self.activation_type not in ("QUInt8", "QInt8"):
@@ -59,6 +61,41 @@ AVX-512 VNNI Xeon, 1 thread, batch 1, all-int8 QDQ (ORT 1.32): a ResNet-18-style
 3×32×32 ran fp32 7.9 ms, U8S8 2.2 ms, S8S8 7.0 ms; a 4-layer d=256 transformer encoder ran
 fp32 3.4 ms, U8S8 2.2 ms, S8S8 9.3 ms (slower than fp32). Outputs were identical: with a zero
 point both are the same 256-level asymmetric grid, so only the kernels differ."""
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+"""x86 flags of CPUs whose int8 dot products accumulate in int32 without saturating."""
+
+
+def ort_cpu_int8(flags: frozenset[str] | None = None) -> Int8Scheme:
+    """The int8 scheme for ONNX Runtime on this CPU: `ORT_CPU_INT8`, with 7-bit weights on an
+    x86 CPU without VNNI.
+
+    Without VNNI, ORT's U8S8 kernels multiply with AVX2's ``vpmaddubsw``, which adds each pair of
+    u8 × s8 products in int16 and saturates; 8-bit weights overflow it. Measured on a 2-core AMD
+    EPYC with AVX2 and no VNNI (ORT 1.32, `benchmarks/transforms.py`): int8 everywhere on
+    mnist1d-transformer kept 80.40 % of 95.04 % (it kept 94.76 % on a VNNI Xeon). 7-bit weights
+    keep every pair sum in range; this is what ORT's docs prescribe for such CPUs. Other CPUs
+    (VNNI, ARM, unknown flags) keep 8-bit weights.
+
+    Args:
+        flags: CPU flags to decide on (default: this machine's, `runners.latency.cpu_flags`).
+    """
+    from runners.latency import cpu_flags
+
+    flags = cpu_flags() if flags is None else flags
+    if "avx2" in flags and not flags & VNNI_FLAGS:
+        return replace(ORT_CPU_INT8, reduce_range=True)
+    return ORT_CPU_INT8
+
+
+def int8_scope(runtime: str) -> dict[str, str]:
+    """What of the int8 scheme a cache key must hold: the 7-bit weights `ort_cpu_int8` picks on
+    a CPU without VNNI (their graphs measure differently), and nothing otherwise, so keys made
+    before the choice existed stay valid."""
+    if runtime == "onnxruntime-cpu" and ort_cpu_int8().reduce_range:
+        return {"int8_weights": "7-bit"}
+    return {}
+
+
 TENSORRT_INT8 = Int8Scheme("QInt8", symmetric_activations=True)
 """TensorRT: signed int8 with zero point 0 for activations and weights (its only Q/DQ form)."""
 
@@ -150,6 +187,7 @@ def quantize_onnx(
             _Reader(),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
+            reduce_range=scheme.reduce_range,
             activation_type=getattr(QuantType, scheme.activation_type),
             weight_type=QuantType.QInt8,
             nodes_to_quantize=include,

@@ -147,6 +147,7 @@ def test_unreadable_search_json_names_the_file(tmp_path: Path) -> None:
 # ---- a directory written by the code before this change
 
 
+@pytest.mark.usefixtures("eight_bit_int8")  # the old search ran with 8-bit int8 weights
 def test_old_directory_loads_with_the_spec_its_config_implies() -> None:
     sdir = SearchDir(OLD)
 

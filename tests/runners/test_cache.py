@@ -101,6 +101,7 @@ def test_later_put_of_the_same_strategy_wins(tmp_path):
     assert CandidateCache(path, SCOPE).get(new.strategy) == new
 
 
+@pytest.mark.usefixtures("eight_bit_int8")  # the fixture lines were measured with 8-bit weights
 @pytest.mark.parametrize("workload", ["digits-resnet", "mnist1d-transformer"])
 def test_cache_written_before_the_typed_result_still_hits(tmp_path, workload):
     # real lines of two searches run before issue 15 (--bn-batches 8, defaults otherwise)

@@ -54,6 +54,7 @@ def test_eval_spec_nests_every_config() -> None:
     assert data["eval_batch_size"] == 64 and data["time_latency"] is False
 
 
+@pytest.mark.usefixtures("eight_bit_int8")  # the fixture caches were measured with 8-bit weights
 @pytest.mark.parametrize(
     ("workload", "scope"),
     [("digits-resnet", "3d2d91b0323ffbd0"), ("mnist1d-transformer", "2f07a55487c71886")],

@@ -12,10 +12,13 @@ from torch import nn
 from runners.base import Candidate
 from runners.onnx_export import build_onnx
 from runners.quantize import (
+    ORT_CPU_INT8,
     TENSORRT_INT8,
     Int8Scheme,
     MissingCalibrationError,
     check_calibration,
+    int8_scope,
+    ort_cpu_int8,
     quantize_onnx,
 )
 
@@ -82,3 +85,45 @@ def test_quantize_onnx_feeds_calibration_to_the_graphs_own_input_name(tmp_path):
     graph = onnx.load(str(target)).graph
     assert [i.name for i in graph.input] == ["features"]
     assert int8_nodes == ("/0/Gemm",)
+
+
+@pytest.mark.parametrize(
+    ("flags", "seven_bit"),
+    [
+        ({"avx2"}, True),  # AVX2 without VNNI: u8 x s8 pair sums saturate in int16
+        ({"avx2", "avx512_vnni"}, False),
+        ({"avx2", "avx_vnni"}, False),
+        (set(), False),  # not x86, or flags unknown: keep ORT's default
+    ],
+)
+def test_ort_cpu_int8_uses_7_bit_weights_only_on_x86_without_vnni(flags, seven_bit):
+    scheme = ort_cpu_int8(frozenset(flags))
+
+    assert scheme.reduce_range is seven_bit
+    assert scheme.activation_type == ORT_CPU_INT8.activation_type
+
+
+def test_7_bit_scheme_keeps_every_int8_weight_within_7_bits(tmp_path):
+    candidate = make_candidate("resnet", {"layer1": "int8"})
+
+    def weights(scheme: Int8Scheme, where: str) -> np.ndarray:
+        artifact = build_onnx(candidate, tmp_path / where, int8=scheme)
+        model = onnx.load(str(artifact.path))
+        arrays = [numpy_helper.to_array(t) for t in model.graph.initializer]
+        return np.concatenate([a.ravel() for a in arrays if a.dtype == np.int8])
+
+    full, reduced = weights(ORT_CPU_INT8, "8"), weights(ort_cpu_int8(frozenset({"avx2"})), "7")
+
+    assert np.abs(full).max() == 127
+    assert np.abs(reduced).max() <= 64
+
+
+def test_int8_scope_names_7_bit_weights_only_when_they_are_used(monkeypatch):
+    import runners.latency
+
+    monkeypatch.setattr(runners.latency, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert int8_scope("onnxruntime-cpu") == {"int8_weights": "7-bit"}
+    assert int8_scope("tensorrt") == {}
+
+    monkeypatch.setattr(runners.latency, "cpu_flags", lambda: frozenset({"avx2", "avx512_vnni"}))
+    assert int8_scope("onnxruntime-cpu") == {}
