@@ -180,10 +180,12 @@ def write_report(
             "|---:|---:|---:|---:|---:|---:|---|---|",
         ]
         for r in sorted(front, key=lambda r: (r.speedup, r.index)):
+            result = r.result
+            assert result is not None  # the front holds successful candidates only
             lines.append(
                 f"| {r.index} | {r.accuracy:.2f} | {r.accuracy_drop:.2f} "
-                f"| {_num(r.outcome.metric('latency_ms'), 3)} | {r.speedup:.2f} "
-                f"| {_si(r.outcome.metric('flops'))} | {r.source} "
+                f"| {_num(result.latency_ms, 3)} | {r.speedup:.2f} "
+                f"| {_si(result.flops)} | {r.source} "
                 f"| {_cell(compact_strategy(r.strategy))} |"
             )
     else:
