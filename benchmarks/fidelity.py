@@ -141,7 +141,7 @@ def _add(log: Path, row: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def render(log: Path, workloads: list[str], levels: list[str], command: str) -> str:
+def render(log: Path, workloads: list[str], levels: list[str], count: int, command: str) -> str:
     rows = load(log)
     lines = [
         "# Accuracy fidelity vs full recovery (Spearman ρ of held-out accuracy)",
@@ -157,7 +157,7 @@ def render(log: Path, workloads: list[str], levels: list[str], command: str) -> 
         "recovery. Each row counts the strategies measured at both levels.",
         "",
         "| workload | level | strategies | ρ vs full (all) | ρ vs full (near) | "
-        "mean acc | mean s per candidate |",
+        "mean acc | mean recovery s |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for wl in workloads:
@@ -191,11 +191,11 @@ def render(log: Path, workloads: list[str], levels: list[str], command: str) -> 
         if base is not None:
             lines.append(f"| {wl} | baseline | | | | {base['accuracy']:.2f} | |")
     complete = all(
-        sum(1 for r in rows if r["workload"] == wl and r["level"] == lv) >= 1
+        sum(1 for r in rows if r["workload"] == wl and r["level"] == "full") >= count
         for wl in workloads
-        for lv in levels
     )
-    lines.insert(1, "" if complete else "\n**Partial**: the run is still going.")
+    if not complete:
+        lines.insert(1, "\n**Partial**: the run has not finished; rows so far.")
     return "\n".join(lines) + "\n"
 
 
@@ -212,12 +212,15 @@ def main() -> None:
     if unknown or "full" not in args.levels:
         parser.error(f"--levels: unknown {unknown}; known {sorted(LEVELS)}; 'full' is required")
     log = args.out.with_suffix(".jsonl")
-    command = "python benchmarks/fidelity.py " + " ".join(sys.argv[1:])
+    # the command that makes the rows (re-rendering them is not part of it)
+    command = " ".join(
+        ["python benchmarks/fidelity.py", *(a for a in sys.argv[1:] if a != "--table-only")]
+    )
     if not args.table_only:
         for wl in args.workloads:
             run(wl, args.count, args.levels, log, args.seed)
-            write_table(args.out, render(log, args.workloads, args.levels, command))
-    write_table(args.out, render(log, args.workloads, args.levels, command))
+            write_table(args.out, render(log, args.workloads, args.levels, args.count, command))
+    write_table(args.out, render(log, args.workloads, args.levels, args.count, command))
     print(args.out.read_text())
 
 
