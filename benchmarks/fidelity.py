@@ -69,23 +69,12 @@ def strategies(subject: Subject, count: int, seed: int) -> list[Strategy]:
 
 
 def spearman(a: list[float], b: list[float]) -> float:
-    """Spearman's ρ (average ranks for ties); NaN with fewer than 3 pairs."""
+    """Spearman's ρ (scipy's, ties at their mean rank); NaN with fewer than 3 pairs."""
+    from scipy.stats import spearmanr  # scikit-learn's dependency
+
     if len(a) < 3:
         return float("nan")
-
-    def ranks(x: list[float]) -> np.ndarray:
-        arr = np.asarray(x, dtype=float)
-        order = arr.argsort(kind="stable")
-        r = np.empty(len(arr))
-        r[order] = np.arange(len(arr), dtype=float)
-        for v in np.unique(arr):  # ties share their mean rank
-            r[arr == v] = r[arr == v].mean()
-        return r
-
-    ra, rb = ranks(a), ranks(b)
-    if ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
+    return float(spearmanr(a, b).statistic)
 
 
 def load(path: Path) -> list[dict[str, Any]]:
