@@ -9,6 +9,7 @@ rebuilding it.
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
 AGENTS = ("ppo", "random", "uniform", "tpe")
 MEASURES = ("latency", "flops")
-SEARCH_RECOVERY = ("none", "short")
+DEFAULT_FIDELITIES = ("none", "short", "full")
 
 
 class ConfigError(ValueError):
@@ -62,10 +63,22 @@ class SearchConfig:
     """Calibration batches (of 64) for BatchNorm re-estimation after structural changes. 8 is
     within ~0.3 points of 16 on the built-ins at half the build time (the search builds
     hundreds of candidates)."""
-    recovery: str = "none"
-    """Accuracy recovery of each candidate: ``none`` (BatchNorm re-estimation only, the fast
-    AMC-style proxy) or ``short`` (plus a 40-step distillation fine-tune from the original
-    model). ``full`` is for ``layerpilot export``."""
+    fidelities: tuple[str, ...] = DEFAULT_FIDELITIES
+    """The recovery levels a candidate climbs, cheapest first (``runners.recovery``'s presets:
+    ``none`` = BatchNorm re-estimation only, ``short`` = plus a 40-step distillation fine-tune,
+    ``full`` = 400 steps, what ``layerpilot export`` ships). Every proposal is measured at the
+    first level; the best ``1/eta`` of each level move up one (`agent.fidelity`). The last
+    level is the deployed one: the search's best, front and report are read there. One level
+    (e.g. ``("none",)``) is a single-fidelity search ranked by that level alone."""
+    eta: int = 4
+    """Promotion rate: of the candidates measured at a level, the best ``1/eta`` (by estimated
+    deployed reward) are measured at the next."""
+    confirm: int = 4
+    """Candidates of the estimated front measured at the last level once proposals stop (on top
+    of the promoted ones), so that the best and the front the search reports are measured."""
+    time_budget: float | None = None
+    """Wall seconds for the whole search (None: no limit, ``budget`` alone bounds it). Proposals
+    stop early enough to confirm the front within it; what is in flight at the end finishes."""
     out: Path | None = None
     """Search directory (default: a new folder under ``./runs/``)."""
     cache: Path | None = None
@@ -111,11 +124,28 @@ class SearchConfig:
             if unknown or not self.actions:
                 known = ", ".join(sorted(ACTIONS))
                 raise ConfigError(f"actions: unknown {unknown or 'empty list'}; known: {known}")
-        if self.recovery not in SEARCH_RECOVERY:
+        from runners.recovery import RECOVERY_PRESETS
+
+        levels = self.fidelities
+        unknown_levels = [f for f in levels if f not in RECOVERY_PRESETS]
+        if not levels or unknown_levels:
             raise ConfigError(
-                f"recovery must be one of {', '.join(SEARCH_RECOVERY)} in a search, got "
-                f"{self.recovery!r} (full recovery is for `layerpilot export`)"
+                f"fidelities: unknown level(s) {unknown_levels or 'empty list'}; choose from "
+                f"{', '.join(RECOVERY_PRESETS)}, cheapest first"
             )
+        steps = [RECOVERY_PRESETS[f].steps for f in levels]
+        if steps != sorted(set(steps)):
+            raise ConfigError(
+                f"fidelities must be distinct and cheapest first, got {', '.join(levels)}"
+            )
+        if self.eta < 2:
+            raise ConfigError(f"eta must be >= 2, got {self.eta}")
+        if self.confirm < 0:
+            raise ConfigError(f"confirm must be >= 0, got {self.confirm}")
+        if self.time_budget is not None and not (
+            math.isfinite(self.time_budget) and self.time_budget > 0
+        ):
+            raise ConfigError(f"time_budget must be > 0 seconds, got {self.time_budget}")
         if self.budget < 1:
             raise ConfigError(f"budget must be >= 1 candidate, got {self.budget}")
         if self.threads < 1 or self.batch_size < 1 or self.bn_batches < 0:
@@ -135,6 +165,7 @@ class SearchConfig:
             data[key] = None if data[key] is None else str(data[key])
         data["ppo"]["hidden"] = list(self.ppo.hidden)
         data["actions"] = None if self.actions is None else list(self.actions)
+        data["fidelities"] = list(self.fidelities)
         return data
 
     def to_json(self) -> str:
@@ -175,6 +206,13 @@ def config_from_dict(data: dict[str, Any]) -> SearchConfig:
         data["actions"] = tuple(a.strip() for a in data["actions"].split(",") if a.strip())
     elif isinstance(data.get("actions"), list):
         data["actions"] = tuple(data["actions"])
+    if "recovery" in data:  # a config (or search.json) from before fidelities: one level
+        recovery = data.pop("recovery")
+        data.setdefault("fidelities", (recovery,))
+    if isinstance(data.get("fidelities"), str):
+        data["fidelities"] = tuple(f.strip() for f in data["fidelities"].split(",") if f.strip())
+    elif isinstance(data.get("fidelities"), list):
+        data["fidelities"] = tuple(data["fidelities"])
     return _build(SearchConfig, data, "search config")  # type: ignore[no-any-return]
 
 
@@ -207,11 +245,13 @@ def load_config(path: Path) -> SearchConfig:
 
 
 def build_config(config: SearchConfig) -> BuildConfig:
-    """How the search builds each candidate (BatchNorm re-estimation, recovery level)."""
+    """How the search builds each candidate at its first fidelity (BatchNorm re-estimation,
+    recovery level); `runners.job.EvalSpec.at` moves it to the others."""
     from runners.build import BuildConfig
     from runners.recovery import recovery_preset
 
-    return BuildConfig(bn_batches=config.bn_batches, recovery=recovery_preset(config.recovery))
+    first = recovery_preset(config.fidelities[0])
+    return BuildConfig(bn_batches=config.bn_batches, recovery=first)
 
 
 def eval_spec(config: SearchConfig) -> EvalSpec:

@@ -176,7 +176,9 @@ def successful(source: SearchSource) -> list[CandidateRecord]:
 
 
 def choose_candidate(source: SearchSource, which: str, max_drop: float) -> CandidateRecord:
-    """``best``: the fastest candidate within ``max_drop`` points; else the candidate index.
+    """``best``: the fastest candidate within ``max_drop`` points among those measured at the
+    search's deployed fidelity (`agent.report.deployed_records`: the confirmed candidates of a
+    multi-fidelity search, every candidate of a single-fidelity one); else the candidate index.
 
     Raises:
         CandidateChoiceError: No successful candidate, none within ``max_drop``, or a bad index.
@@ -185,12 +187,16 @@ def choose_candidate(source: SearchSource, which: str, max_drop: float) -> Candi
     if which == "best" and source.default_candidate is not None:
         which = str(source.default_candidate)
     if which == "best":
+        from agent.report import deployed_records
+
+        ok = deployed_records(ok)
         within = [r for r in ok if r.accuracy_drop <= max_drop]
         if not within:
             closest = min(ok, key=lambda r: r.accuracy_drop)
             raise CandidateChoiceError(
                 f"no candidate of {source.label} is within {max_drop} points of the baseline "
-                f"(the closest, #{closest.index}, drops {closest.accuracy_drop:.2f}); raise "
+                f"after {closest.fidelity} recovery (the closest, #{closest.index}, drops "
+                f"{closest.accuracy_drop:.2f}); raise "
                 f"--max-drop or pick one with --candidate ID"
             )
         return max(within, key=lambda r: r.speedup)

@@ -38,6 +38,10 @@ from envs.surrogate import Surrogate
 from search_spaces.space import DecisionSpace
 from search_spaces.strategy import Strategy
 
+PROBE_ROWS_UNTIL = 8
+"""Strategies with a deployed (recovered or estimated) score after which the surrogate stops
+fitting the probe table's unrecovered rows (`PPOAgent._data`)."""
+
 
 @dataclass(frozen=True)
 class PPOSettings:
@@ -140,7 +144,11 @@ class PPOAgent:
         self.reward_config = reward_config
         self.space = space
         self.surrogate = Surrogate(space, cost)
-        self._data: list[tuple[Strategy, Scored | None]] = list(probes or [])
+        self._probes: list[tuple[Strategy, Scored | None]] = list(probes or [])
+        self._observed: dict[str, tuple[Strategy, Scored | None]] = {}
+        """What each measured strategy scores for the deployed model (its latest record)."""
+        self._recovered: set[str] = set()
+        """Strategies whose deployed score is an estimate or a measurement after recovery."""
         self.surrogate.fit(self._data)
         conditioned = reward_config.mode in ("tradeoff", "flops-proxy")
         lam_range = self.settings.lam_range if conditioned else None
@@ -157,8 +165,8 @@ class PPOAgent:
         self._pool: dict[str, Episode] = {}
         self.iterations = 0
         self._idle = 0
-        self._measured: list[tuple[float, Strategy]] = []
-        self._results: list[tuple[Strategy, float, float]] = []
+        self._measured: dict[str, tuple[float, Strategy]] = {}
+        self._results: dict[str, tuple[Strategy, float, float]] = {}
         self.checkpoint_dir = checkpoint_dir
         self.last_checkpoint: Path | None = None
         self.rng = np.random.default_rng(seed)
@@ -228,7 +236,7 @@ class PPOAgent:
         small edits, which the policy's sampling (its entropy shrinks as it trains) stops
         producing. Each proposal is the best by predicted reward among both kinds.
         """
-        front = _front(self._results)
+        front = _front(list(self._results.values()))
         out: list[Strategy] = []
         for _ in range(count if front else 0):
             base = front[int(self.rng.integers(len(front)))]
@@ -245,7 +253,7 @@ class PPOAgent:
         """The policy produced nothing new for a while (it has settled on strategies already
         measured, or on the unchanged model): mutate the best measured strategy at 1–3 units
         so the surrogate keeps getting information where the policy looks."""
-        best = max(self._measured, key=lambda m: m[0], default=None)
+        best = max(self._measured.values(), key=lambda m: m[0], default=None)
         for _ in range(50):
             choices = self.space.from_strategy(best[1]) if best else self.space.sample(self.rng)
             fresh = self.space.sample(self.rng)
@@ -262,15 +270,33 @@ class PPOAgent:
         self._note(record)
         self.surrogate.fit(self._data)
 
+    @property
+    def _data(self) -> list[tuple[Strategy, Scored | None]]:
+        """What the surrogate is fitted on: every measured strategy's deployed score, plus the
+        probe table's rows until ``PROBE_ROWS_UNTIL`` measurements are estimates or measurements
+        of a recovered model (the table is measured without recovery: once enough is known about
+        the deployed model, its rows would pull the fit towards the unrecovered landscape; the
+        table still enters every strategy's features)."""
+        observed = list(self._observed.values())
+        if len(self._recovered) >= PROBE_ROWS_UNTIL:
+            return observed
+        return [*self._probes, *observed]
+
     def _note(self, record: CandidateRecord) -> None:
-        """Remember a measured candidate (the surrogate is refit by the caller)."""
+        """Remember a measured candidate (the surrogate is refit by the caller). A strategy
+        measured again at a higher fidelity replaces what was known of it."""
         key = record.strategy.key()
         self._seen.add(key)
         self._pool.pop(key, None)
-        self._data.append((record.strategy, record.result if record.ok else None))
+        if key in self._observed and not record.ok:
+            return  # a failure at a higher fidelity does not erase what a lower one measured
+        if record.ok and (record.estimated or record.fidelity != "none"):
+            self._recovered.add(key)
+        self._observed[key] = (record.strategy, record.deployed if record.ok else None)
         if record.ok:
-            self._measured.append((record.reward, record.strategy))
-            self._results.append((record.strategy, record.speedup, record.accuracy_drop))
+            assert record.deployed_drop is not None
+            self._measured[key] = (record.reward, record.strategy)
+            self._results[key] = (record.strategy, record.speedup, record.deployed_drop)
 
     @property
     def exhausted(self) -> bool:

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from envs.reward import Score
 from runners.job import Outcome
 from runners.result import EvalResult
 from search_spaces import Strategy
@@ -26,10 +27,40 @@ class CandidateRecord:
     """Measured by an earlier search (a cache hit), not in this one."""
     extras: dict[str, Any] = field(default_factory=dict)
     """Agent-specific context, e.g. the trade-off weight ``lam`` the policy was asked for."""
+    deployed_drop: float | None = None
+    """The accuracy drop of the model users deploy (the search's last fidelity, what
+    ``layerpilot export`` ships): measured when this record is at that fidelity, otherwise the
+    estimate `agent.fidelity.Calibration` made of it when the record landed (``estimated``).
+    None (the default): this record's own drop, a measurement at the deployed fidelity (a
+    single-fidelity search, or a record from before fidelities)."""
+    estimated: bool = False
+    """``deployed_drop`` (and so ``reward``) is an estimate from a cheaper fidelity, not a
+    measurement of the deployed model."""
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.reward):
             raise ValueError(f"candidate {self.index}: reward must be finite, got {self.reward}")
+        if self.deployed_drop is None:
+            object.__setattr__(self, "deployed_drop", self.accuracy_drop)
+
+    @property
+    def fidelity(self) -> str:
+        """The recovery level it was measured at (``none``, ``short``, ``full``)."""
+        return self.outcome.fidelity
+
+    @property
+    def deployed(self) -> Score | None:
+        """What the deployed model scores, as far as this record knows: ``deployed_drop`` with
+        the measured speed (latency does not depend on the recovery); None when it failed."""
+        result = self.outcome.result
+        if result is None or self.deployed_drop is None:
+            return None
+        return Score(
+            accuracy_drop=self.deployed_drop,
+            speedup=result.speedup,
+            ideal_speedup=result.ideal_speedup,
+            predicted=self.estimated,
+        )
 
     @property
     def strategy(self) -> Strategy:
@@ -66,6 +97,8 @@ class CandidateRecord:
             "source": self.source,
             "cached": self.cached,
             "extras": self.extras,
+            "deployed_drop": _finite_or_none(self.deployed_drop),
+            "estimated": self.estimated,
             "outcome": self.outcome.to_dict(),
         }
 
@@ -78,4 +111,14 @@ class CandidateRecord:
             source=data["source"],
             cached=bool(data.get("cached", False)),
             extras=dict(data.get("extras", {})),
+            deployed_drop=_float_or_none(data.get("deployed_drop")),
+            estimated=bool(data.get("estimated", False)),
         )
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)

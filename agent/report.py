@@ -92,6 +92,31 @@ def pareto_records(records: Iterable[CandidateRecord]) -> list[CandidateRecord]:
     return [ok[i] for i in pareto_front(_points(ok))]
 
 
+def fidelity_rank(fidelity: str) -> int:
+    """Recovery steps of a fidelity name (``none`` 0, ``short`` 40, ``full`` 400, ``"7 steps"``
+    7); -1 for a name that is neither."""
+    from runners.recovery import RECOVERY_PRESETS
+
+    if fidelity in RECOVERY_PRESETS:
+        return RECOVERY_PRESETS[fidelity].steps
+    head = fidelity.split(" ", 1)[0]
+    return int(head) if head.isdigit() else -1
+
+
+def deployed_records(
+    records: Iterable[CandidateRecord], deployed: str | None = None
+) -> list[CandidateRecord]:
+    """The records the search's figures are read from: those measured at the ``deployed``
+    fidelity (the schedule's last) when one succeeded there, else those of the highest fidelity
+    any record succeeded at (a search stopped before its first deployed measurement)."""
+    records = list(records)
+    levels = {r.fidelity for r in _ok(records)}
+    if not levels:
+        return records
+    level = deployed if deployed in levels else max(levels, key=fidelity_rank)
+    return [r for r in records if r.fidelity == level]
+
+
 def best_at_drop(
     records: Iterable[CandidateRecord], max_drop: float = DROP_BUDGET
 ) -> CandidateRecord | None:
@@ -125,8 +150,14 @@ def write_report(
     baseline: Mapping[str, Any],
     out_dir: Path,
     title: str,
+    deployed: str | None = None,
 ) -> Path:
     """Write ``pareto.png`` and ``report.md`` into ``out_dir``; return the markdown's path.
+
+    Every figure is read at one fidelity, named in the report: the ``deployed`` one (the
+    search's last, what export ships) or, when no record succeeded there, the highest any
+    record reached (`deployed_records`). Records at cheaper fidelities are counted and drawn
+    in grey; their accuracy is not the deployed model's.
 
     Args:
         records: Every candidate of the search (failed ones are counted, not plotted).
@@ -140,10 +171,13 @@ def write_report(
     base_accuracy = _baseline_value(baseline, "accuracy")
     if math.isnan(base_accuracy):
         raise ValueError("baseline needs an 'accuracy' (percent) to draw the report against")
-    ok = _ok(records)
+    shown = deployed_records(records, deployed)
+    ok = _ok(shown)
+    cheaper = [r for r in _ok(records) if r not in shown]
+    level = ok[0].fidelity if ok else (deployed or "none")
     front = pareto_records(ok)
     best = best_at_drop(ok)
-    _plot(ok, front, best, base_accuracy, out_dir / "pareto.png", title)
+    _plot(ok, front, best, base_accuracy, out_dir / "pareto.png", title, level, cheaper)
 
     cached = sum(r.cached for r in records)
     failed = sum(not r.ok for r in records)
@@ -161,7 +195,10 @@ def write_report(
         "",
         "| | |",
         "|---|---|",
-        f"| candidates | {len(records)} ({cached} cached) |",
+        f"| candidates | {len({r.strategy.key() for r in records})} strategies, "
+        f"{len(records)} measurements ({cached} cached) |",
+        f"| fidelity | every figure below is measured after **{level}** recovery "
+        f"({len(ok)} candidates){_cheaper_note(cheaper, level)} |",
         f"| failed | {failed} |",
         f"| baseline | accuracy {base_accuracy:.2f}%, latency {_num(base_latency, 3)} ms, "
         f"FLOPs {_si(base_flops)} |",
@@ -171,19 +208,20 @@ def write_report(
         "",
         "![accuracy vs measured speedup](pareto.png)",
         "",
-        f"## Pareto front ({len(front)} of {len(ok)} successful candidates)",
+        f"## Pareto front ({len(front)} of {len(ok)} successful candidates at {level})",
         "",
     ]
     if front:
         lines += [
-            "| # | accuracy % | drop (pt) | latency ms | speedup | FLOPs | source | strategy |",
-            "|---:|---:|---:|---:|---:|---:|---|---|",
+            "| # | fidelity | accuracy % | drop (pt) | latency ms | speedup | FLOPs | source "
+            "| strategy |",
+            "|---:|---|---:|---:|---:|---:|---:|---|---|",
         ]
         for r in sorted(front, key=lambda r: (r.speedup, r.index)):
             result = r.result
             assert result is not None  # the front holds successful candidates only
             lines.append(
-                f"| {r.index} | {r.accuracy:.2f} | {r.accuracy_drop:.2f} "
+                f"| {r.index} | {r.fidelity} | {r.accuracy:.2f} | {r.accuracy_drop:.2f} "
                 f"| {_num(result.latency_ms, 3)} | {r.speedup:.2f} "
                 f"| {_si(result.flops)} | {r.source} "
                 f"| {_cell(compact_strategy(r.strategy))} |"
@@ -193,6 +231,19 @@ def write_report(
     path = out_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _cheaper_note(cheaper: Sequence[CandidateRecord], level: str) -> str:
+    if not cheaper:
+        return ""
+    counts: dict[str, int] = {}
+    for r in cheaper:
+        counts[r.fidelity] = counts.get(r.fidelity, 0) + 1
+    parts = ", ".join(f"{n} at {name}" for name, n in sorted(counts.items()))
+    return (
+        f"; {len(cheaper)} cheaper measurements ({parts}) only ranked candidates for promotion "
+        f"to {level} and are drawn in grey"
+    )
 
 
 def load_records(search_dir: Path) -> list[CandidateRecord]:
@@ -223,6 +274,8 @@ def _plot(
     base_accuracy: float,
     path: Path,
     title: str,
+    level: str,
+    cheaper: Sequence[CandidateRecord] = (),
 ) -> None:
     # The object API, not pyplot: no global backend or figure state, Agg only.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -231,6 +284,15 @@ def _plot(
     fig = Figure(figsize=(7.5, 5.0), dpi=120, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
+    if cheaper:
+        ax.scatter(
+            [r.speedup for r in cheaper],
+            [r.accuracy for r in cheaper],
+            s=10,
+            alpha=0.35,
+            color="lightgrey",
+            label=f"cheaper fidelities ({len(cheaper)})",
+        )
     for n, source in enumerate(sorted({r.source for r in ok})):
         mine = [r for r in ok if r.source == source]
         ax.scatter(
@@ -278,7 +340,7 @@ def _plot(
             fontsize=8,
         )
     ax.set_xlabel("measured speedup over baseline (x)")
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel(f"accuracy after {level} recovery (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
@@ -308,6 +370,8 @@ __all__ = [
     "HV_REF_SPEEDUP",
     "best_at_drop",
     "compact_strategy",
+    "deployed_records",
+    "fidelity_rank",
     "hypervolume",
     "load_records",
     "pareto_front",

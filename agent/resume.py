@@ -74,9 +74,10 @@ def reopen(config: SearchConfig) -> Reopened:
     sdir = SearchDir(config.out)
     sdir.trim_torn_record()
     records = sdir.records()
-    if state.status == "FINISHED" and len(records) >= config.budget:
+    proposed = len({r.strategy.key() for r in records})
+    if state.status == "FINISHED" and proposed >= config.budget:
         raise ResumeError(
-            f"cannot resume {config.out}: it finished its budget of {len(records)} candidates; "
+            f"cannot resume {config.out}: it finished its budget of {proposed} candidates; "
             f"give a larger --budget to extend it"
         )
     now = datetime.now().isoformat(timespec="seconds")

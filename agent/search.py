@@ -24,20 +24,25 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.base import Agent, Proposal
 from agent.config import SearchConfig, eval_spec
 from agent.factories import make_agent, make_executor, restore_agent, uses_ray_executor
+from agent.fidelity import Calibration, Schedule, estimate, promotions, to_confirm
 from agent.interrupts import Interrupts
 from agent.placement import NOT_PINNED, pin_driver, plan_placement, torch_threads
 from agent.ray_init import init_ray, needs_ray
 from agent.records import CandidateRecord
+from agent.report import DROP_BUDGET
 from agent.resume import reopen
 from agent.search_dir import CandidateLog, SearchDir, SearchState, SearchStatus, TrackingIds
 from agent.wrapup import baseline_accuracy_of, baseline_summary, finish, summarize
 from envs.reward import reward
 from runners.job import Outcome
+
+if TYPE_CHECKING:
+    from search_spaces import Strategy
 
 STALL_LIMIT = 500
 """Consecutive proposals that were all already measured before the search gives up."""
@@ -200,7 +205,6 @@ def _run(
     interrupts.install()
     try:
         measured_baseline = baseline_summary(executor.start())
-        cache = sdir.cache(spec.cache_scope(), shared=config.cache)
         tracker = Tracker(config.tracking_uri, config.experiment, workdir=Path.cwd())
         interrupts.defer = True  # from here on a signal waits for the current write to end
         with timer.time("tracking"):
@@ -231,18 +235,30 @@ def _run(
             agent = make_agent(config, space, executor, spec, sdir, emit, timer.add)
             restore_agent(agent, records)
 
-        by_key: dict[str, CandidateRecord] = {r.strategy.key(): r for r in records}
-        in_flight: dict[str, Proposal] = {}
+        schedule = Schedule(config.fidelities, config.eta)
+        caches = {
+            level: sdir.cache(spec.at(level).cache_scope(), shared=config.cache)
+            for level in schedule.levels
+        }
+        by_key: dict[tuple[str, str], CandidateRecord] = {
+            (r.strategy.key(), r.fidelity): r for r in records
+        }
+        proposed = {r.strategy.key() for r in records}
+        """Distinct strategies the agent proposed (``budget`` counts these, not promotions)."""
+        in_flight: dict[tuple[str, str], Proposal] = {}
         lookahead = executor.slots + 1
         stall = 0
+        confirmations = 0
+        searching = True
+        """Proposals and promotions are open; False once the confirmation phase began."""
         log = sdir.candidate_log()
         for record in records:
-            _note(progress, record)
-        progress.evaluated = len(records)
+            _note(progress, record, schedule.top)
+        progress.evaluated = len(proposed)
 
         def land(outcome: Outcome, proposal: Proposal, cached: bool) -> None:
             assert agent is not None and tracker is not None and log is not None
-            record = CandidateRecord(
+            raw = CandidateRecord(
                 index=len(records),
                 outcome=outcome,
                 reward=reward(outcome.result if outcome.ok else None, config.reward),
@@ -250,59 +266,105 @@ def _run(
                 cached=cached,
                 extras=proposal.extras,
             )
+            calibration = Calibration.fit(schedule, [*records, raw])
+            drop, estimated_reward, estimated = estimate(raw, calibration, config.reward)
+            record = replace(raw, reward=estimated_reward, deployed_drop=drop, estimated=estimated)
             records.append(record)
-            by_key[record.strategy.key()] = record
+            by_key[(record.strategy.key(), record.fidelity)] = record
             log.append(record)
             with timer.time("tracking"):
                 run_ids[record.index] = tracker.log_candidate(record)
             with timer.time("agent"):
                 agent.tell(record)
-            progress.evaluated = len(records)
-            _note(progress, record)
+            progress.evaluated = len(proposed)
+            _note(progress, record, schedule.top)
             if not cached:
                 timer.add("eval", outcome.eval_seconds)
-            emit("searching")
+                timer.add(f"eval_{outcome.fidelity}", outcome.eval_seconds)
+            emit("searching" if searching else "confirming", _levels(records, schedule))
+
+        def proposals_open() -> bool:
+            assert agent is not None
+            return not agent.exhausted and stall < STALL_LIMIT and len(proposed) < config.budget
+
+        def out_of_time(reserve: float) -> bool:
+            limit = config.time_budget
+            return limit is not None and time.perf_counter() - t0 + reserve >= limit
+
+        def next_job() -> tuple[Strategy, str, Proposal] | None:
+            """The next measurement: a promotion, else a new proposal (searching), or a
+            confirmation at the deployed level (confirming)."""
+            nonlocal stall, confirmations
+            assert agent is not None
+            busy = set(in_flight)
+            if not searching:
+                if confirmations >= config.confirm or out_of_time(0.0):
+                    return None
+                todo = to_confirm(records, schedule, config.reward, DROP_BUDGET, busy)
+                if not todo:
+                    return None
+                confirmations += 1
+                return todo[0], schedule.top, Proposal(todo[0], {"origin": "confirm"})
+            due = promotions(records, schedule, config.reward, busy)
+            if due:
+                strategy, level = due[0]
+                return strategy, level, Proposal(strategy, {"origin": "promoted"})
+            while proposals_open():
+                with timer.time("agent"):
+                    proposal = agent.ask()
+                if proposal is None:
+                    return None
+                key = proposal.strategy.key()
+                if key in proposed:
+                    stall += 1
+                    known = by_key.get((key, schedule.first))
+                    if known is not None:
+                        with timer.time("agent"):
+                            agent.tell(known)
+                    continue
+                stall = 0
+                proposed.add(key)
+                return proposal.strategy, schedule.first, proposal
+            return None
 
         if resume and config.cache is None:
             # measured before the kill, but killed before they landed: land them now
-            for outcome in cache.outcomes():
-                key = outcome.strategy.key()
-                if key not in by_key and len(records) < config.budget:
+            for level in schedule.levels:
+                for outcome in caches[level].outcomes():
+                    key = outcome.strategy.key()
+                    if (key, level) in by_key:
+                        continue
+                    if level == schedule.first and len(proposed) >= config.budget:
+                        continue
+                    proposed.add(key)
                     land(outcome, Proposal(outcome.strategy, {"origin": "resumed"}), cached=False)
 
         emit("searching")
         while True:
             interrupts.check()
-            room = config.budget - len(records) - len(in_flight)
-            while room > 0 and len(in_flight) < lookahead and not agent.exhausted:
-                with timer.time("agent"):
-                    proposal = agent.ask()
-                if proposal is None:
+            if searching and out_of_time(_reserve(records, schedule, config, executor.slots)):
+                searching = False
+            while len(in_flight) < lookahead:
+                job = next_job()
+                if job is None:
                     break
-                key = proposal.strategy.key()
-                if key in by_key or key in in_flight:
-                    stall += 1
-                    if key in by_key:
-                        with timer.time("agent"):
-                            agent.tell(by_key[key])
-                    if stall >= STALL_LIMIT:
-                        break
-                    continue
-                stall = 0
-                hit = cache.get(proposal.strategy)
+                strategy, level, proposal = job
+                hit = caches[level].get(strategy)
                 if hit is not None:
                     land(hit, proposal, cached=True)
-                    room -= 1
                     continue
-                executor.submit(proposal.strategy)
-                in_flight[key] = proposal
-                room -= 1
+                executor.submit(strategy, timeout_s=_timeout(config, level), fidelity=level)
+                in_flight[(strategy.key(), level)] = proposal
             if not in_flight:
-                if room <= 0 or agent.exhausted or stall >= STALL_LIMIT:
-                    break
-                with timer.time("agent"):
-                    agent.think()  # nothing to propose yet (PPO warm-up)
-                continue
+                if searching and proposals_open():
+                    with timer.time("agent"):
+                        agent.think()  # nothing to propose yet (PPO warm-up)
+                    continue
+                if searching:
+                    searching = False  # nothing more to propose or promote: confirm the front
+                    emit("confirming", _levels(records, schedule))
+                    continue
+                break
             outcomes = executor.poll(timeout=0)
             if not outcomes:
                 start = time.perf_counter()
@@ -312,8 +374,8 @@ def _run(
                 if spent < 0.05:  # nothing to think about: wait for the measurement
                     outcomes = executor.poll(timeout=1.0)
             for outcome in outcomes:
-                proposal = in_flight.pop(outcome.strategy.key())
-                cache.put(outcome)
+                proposal = in_flight.pop((outcome.strategy.key(), outcome.fidelity))
+                caches[outcome.fidelity].put(outcome)
                 land(outcome, proposal, cached=False)
     except KeyboardInterrupt:
         status = "KILLED"
@@ -326,7 +388,8 @@ def _run(
             log.close()
         executor.close()
         wall = time.perf_counter() - t0
-        summary = summarize(records, baseline_accuracy_of(state), timer.totals, wall)
+        top = config.fidelities[-1]
+        summary = summarize(records, baseline_accuracy_of(state), timer.totals, wall, top)
         if agent is not None:
             summary["agent_iterations"] = getattr(agent, "iterations", 0)
         runs = {**state.runs, **{str(k): v for k, v in run_ids.items()}}
@@ -346,11 +409,59 @@ def _run(
     )
 
 
-def _note(progress: SearchProgress, record: CandidateRecord) -> None:
-    """Count ``record`` into the live display's failures and bests."""
+def _timeout(config: SearchConfig, fidelity: str) -> float:
+    """The per-candidate limit at ``fidelity``: ``timeout_s`` plus as much again per 100
+    recovery steps (a full recovery fine-tunes for minutes)."""
+    from runners.recovery import recovery_preset
+
+    return config.timeout_s * (1.0 + recovery_preset(fidelity).steps / 100)
+
+
+def _reserve(
+    records: list[CandidateRecord], schedule: Schedule, config: SearchConfig, slots: int
+) -> float:
+    """Seconds the confirmation phase is expected to need: ``confirm`` measurements at the top
+    level, shared by ``slots`` workers, and the best model's rebuild when it is logged. A
+    level's cost is its mean over this search's measurements; the top level's, until one is
+    measured, is extrapolated linearly in recovery steps from the cheaper levels measured (10x
+    the cheapest when only one is)."""
+    from runners.recovery import recovery_preset
+
+    if len(schedule.levels) == 1 or config.confirm == 0:
+        return 0.0
+    seconds: dict[int, list[float]] = {}
+    for r in records:
+        if not r.cached and r.fidelity in schedule.levels:
+            seconds.setdefault(recovery_preset(r.fidelity).steps, []).append(r.outcome.eval_seconds)
+    if not seconds:
+        return 0.0  # nothing measured yet: the first measurements tell
+    means = {steps: sum(v) / len(v) for steps, v in seconds.items()}
+    top = recovery_preset(schedule.top).steps
+    if top in means:
+        cost = means[top]
+    elif len(means) >= 2:
+        (s0, m0), (s1, m1) = sorted(means.items())[-2:]
+        cost = m1 + (m1 - m0) / (s1 - s0) * (top - s1)
+    else:
+        cost = 10.0 * next(iter(means.values()))
+    return (config.confirm / max(slots, 1) + config.log_model) * max(cost, 0.0)
+
+
+def _levels(records: list[CandidateRecord], schedule: Schedule) -> str:
+    """``none 40 · short 9 · full 3``: records per fidelity, for the live display."""
+    counts = {level: 0 for level in schedule.levels}
+    for r in records:
+        if r.fidelity in counts:
+            counts[r.fidelity] += 1
+    return " · ".join(f"{level} {n}" for level, n in counts.items())
+
+
+def _note(progress: SearchProgress, record: CandidateRecord, deployed: str) -> None:
+    """Count ``record`` into the live display's failures and bests (the best speedup only from
+    measurements at the ``deployed`` fidelity)."""
     progress.failed += not record.ok
     progress.best_reward = max(progress.best_reward, record.reward)
-    if record.ok and record.accuracy_drop <= 1.0:
+    if record.ok and record.fidelity == deployed and record.accuracy_drop <= 1.0:
         best = progress.best_speedup_1pt
         progress.best_speedup_1pt = (
             record.speedup if math.isnan(best) else max(best, record.speedup)

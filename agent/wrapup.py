@@ -4,6 +4,7 @@ candidate (strategy file and logged model), and the report."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 from agent.config import SearchConfig, build_config
@@ -31,9 +32,18 @@ def baseline_accuracy_of(state: SearchState) -> float:
 
 
 def summarize(
-    records: list[CandidateRecord], baseline_accuracy: float, t: dict[str, float], wall: float
+    records: list[CandidateRecord],
+    baseline_accuracy: float,
+    t: dict[str, float],
+    wall: float,
+    deployed: str | None = None,
 ) -> dict[str, Any]:
     """The search's summary metrics (``search.json``, the parent run, the CLI, the benchmark).
+
+    The best speedup and the hypervolume are those of the candidates measured at the
+    ``deployed`` fidelity (`deployed_records`); ``summary_fidelity`` names the fidelity they
+    were read at, ``records_<level>`` counts the records per fidelity, ``candidates`` the
+    distinct strategies and ``eval_<level>_seconds`` the measurement time per fidelity.
 
     ``overhead_share`` is the share of wall time spent outside candidate and probe measurement:
     start-up, agent and tracking time that did not overlap a measurement, and idle gaps. It is
@@ -41,18 +51,30 @@ def summarize(
     was in flight) and ``tracking_seconds`` are driver time, much of which overlaps the prefetched
     next measurement; ``agent_overlapped_seconds`` is training done while a measurement ran.
     """
-    from agent.report import best_at_drop, search_hypervolume
+    from agent.report import best_at_drop, deployed_records, search_hypervolume
 
     ok = [r for r in records if r.ok]
-    best = best_at_drop(records, 1.0)
+    shown = deployed_records(records, deployed)
+    best = best_at_drop(shown, 1.0)
     measured = t.get("eval", 0.0) + t.get("probes", 0.0)
+    levels: dict[str, int] = {}
+    for r in records:
+        levels[r.fidelity] = levels.get(r.fidelity, 0) + 1
     return {
-        "candidates": len(records),
+        "candidates": len({r.strategy.key() for r in records}),
+        "records": len(records),
+        **{f"records_{level}": n for level, n in levels.items()},
+        **{
+            f"{name}_seconds": seconds
+            for name, seconds in t.items()
+            if name.startswith("eval_") and name.removeprefix("eval_") in levels
+        },
+        "summary_fidelity": shown[0].fidelity if shown else deployed,
         "failed": len(records) - len(ok),
         "cached": sum(r.cached for r in records),
-        "best_reward": max((r.reward for r in records), default=math.nan),
+        "best_reward": max((r.reward for r in shown), default=math.nan),
         "best_speedup_at_1pt": best.speedup if best else math.nan,
-        "hypervolume": search_hypervolume(records, baseline_accuracy),
+        "hypervolume": search_hypervolume(shown, baseline_accuracy),
         "wall_seconds": wall,
         "eval_seconds": t.get("eval", 0.0),
         "probe_seconds": t.get("probes", 0.0),
@@ -79,10 +101,11 @@ def finish(
 
     Adds ``best_index`` to ``summary`` when a candidate succeeded.
     """
-    from agent.report import pareto_front, write_report
+    from agent.report import deployed_records, pareto_front, write_report
     from runners.build import build_candidate
+    from runners.recovery import recovery_preset
 
-    ok = [r for r in records if r.ok]
+    ok = [r for r in deployed_records(records, config.fidelities[-1]) if r.ok]
     front = [ok[i] for i in pareto_front([(r.accuracy, r.speedup) for r in ok])]
     tracker.mark_pareto([run_ids[r.index] for r in front if r.index in run_ids])
     if ok:
@@ -90,10 +113,15 @@ def finish(
         sdir.write_best_strategy(best.strategy)
         summary["best_index"] = best.index
         if config.log_model and best.index in run_ids:
-            model = build_candidate(subject, best.strategy, build_config(config)).model
+            build = replace(build_config(config), recovery=recovery_preset(best.fidelity))
+            model = build_candidate(subject, best.strategy, build).model
             tracker.log_best_model(run_ids[best.index], model, subject.workload.example_input)
     report = write_report(
-        records, state.baseline or {}, sdir.report_dir, title=f"layerpilot search {sdir.name}"
+        records,
+        state.baseline or {},
+        sdir.report_dir,
+        title=f"layerpilot search {sdir.name}",
+        deployed=config.fidelities[-1],
     )
     parent = state.parent_run_id
     assert parent is not None, "finish() runs only for a tracked search"

@@ -54,8 +54,12 @@ class Executor(Protocol):
     def start(self) -> dict[str, Any]:
         """Start the workers; the first worker's baseline as `Measurement.to_dict`."""
 
-    def submit(self, strategy: Strategy, timeout_s: float | None = None) -> None:
-        """Queue ``strategy`` (``timeout_s`` overrides the executor's per-candidate limit)."""
+    def submit(
+        self, strategy: Strategy, timeout_s: float | None = None, fidelity: str | None = None
+    ) -> None:
+        """Queue ``strategy`` (``timeout_s`` overrides the executor's per-candidate limit;
+        ``fidelity``, a ``RECOVERY_PRESETS`` name, the recovery it is built with: default the
+        spec's own)."""
 
     def poll(self, timeout: float | None = None) -> list[Outcome]:
         """Outcomes finished since the last poll; waits up to ``timeout`` s for one if any
@@ -95,15 +99,18 @@ class Evaluator:
         self._baseline = measure(self._subject, Strategy(), self.spec.eval)
         return self._baseline.to_dict(), self.name
 
-    def evaluate(self, strategy: dict[str, Any]) -> dict[str, Any]:
-        """``Outcome.to_dict()`` of one strategy; never raises."""
+    def evaluate(self, strategy: dict[str, Any], fidelity: str | None = None) -> dict[str, Any]:
+        """``Outcome.to_dict()`` of one strategy, built at ``fidelity`` (a recovery preset name;
+        default the spec's own recovery); never raises."""
         from runners.evaluate import evaluate
 
         start = time.perf_counter()
         outcome: dict[str, Any] = {"strategy": strategy, "worker": self.name, "node": self.node}
         try:
+            spec = self.spec if fidelity is None else self.spec.at(fidelity)
+            outcome["fidelity"] = spec.fidelity
             parsed = Strategy.from_dict(strategy)
-            result = evaluate(self._subject, parsed, self.spec.eval, baseline=self._baseline)
+            result = evaluate(self._subject, parsed, spec.eval, baseline=self._baseline)
             outcome.update(status="ok", result=result.to_dict())
         except Exception as exc:
             outcome.update(status="failed", error=f"{type(exc).__name__}: {exc}")
@@ -124,6 +131,8 @@ def _ray_node_id() -> str:
 class _Job:
     strategy: Strategy
     timeout_s: float
+    fidelity: str
+    """The recovery level it is built with (a ``RECOVERY_PRESETS`` name)."""
     attempts: int = 0
     """Workers that died while running it."""
 
@@ -204,10 +213,14 @@ class _SlotExecutor:
         running = sum((s.job is not None) + (s.next_job is not None) for s in self._slots)
         return len(self._queue) + running + len(self._done)
 
-    def submit(self, strategy: Strategy, timeout_s: float | None = None) -> None:
+    def submit(
+        self, strategy: Strategy, timeout_s: float | None = None, fidelity: str | None = None
+    ) -> None:
         if not self._started:
             raise RuntimeError("call start() before submit()")
-        self._queue.append(_Job(strategy, self.timeout_s if timeout_s is None else timeout_s))
+        level = self.spec.at(fidelity).fidelity if fidelity is not None else self.spec.fidelity
+        limit = self.timeout_s if timeout_s is None else timeout_s
+        self._queue.append(_Job(strategy, limit, level))
         self._dispatch()
 
     def poll(self, timeout: float | None = None) -> list[Outcome]:
@@ -282,6 +295,7 @@ class _SlotExecutor:
                         **payload,
                         "strategy": job.strategy.to_dict(),
                         "attempts": job.attempts + 1,
+                        "fidelity": job.fidelity,
                     }
                     self._done.append(Outcome.from_dict(data))
                 if slot.next_job is not None:  # the worker has already started it
@@ -328,6 +342,7 @@ class _SlotExecutor:
             eval_seconds=seconds,
             worker=worker,
             attempts=job.attempts + 1,
+            fidelity=job.fidelity,
         )
         self._done.append(outcome)
 

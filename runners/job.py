@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -134,6 +134,28 @@ class EvalSpec:
         except ValueError as exc:
             raise EvalSpecError(f"EvalSpec: {exc}") from exc
 
+    @property
+    def fidelity(self) -> str:
+        """The recovery level candidates are built with (`runners.recovery.fidelity_name`)."""
+        from runners.recovery import fidelity_name
+
+        return fidelity_name(self.eval.build.recovery)
+
+    def at(self, fidelity: str) -> EvalSpec:
+        """This spec with candidates recovered at ``fidelity``, a ``RECOVERY_PRESETS`` name (the
+        spec itself when it already is at that level).
+
+        Example:
+            >>> EvalSpec(workload="digits-resnet").at("full").eval.build.recovery.steps
+            400
+        """
+        from runners.recovery import recovery_preset
+
+        if fidelity == self.fidelity:
+            return self
+        build = replace(self.eval.build, recovery=recovery_preset(fidelity))
+        return replace(self, eval=replace(self.eval, build=build))
+
     def cache_scope(self) -> dict[str, Any]:
         """What, besides the strategy, decides a measurement (the candidate cache's key)."""
         from runners.quantize import int8_scope
@@ -171,6 +193,10 @@ class Outcome:
     """The Ray node id it ran on (empty outside Ray)."""
     attempts: int = 1
     """Workers it was sent to (more than 1 when a worker died under it and it was retried)."""
+    fidelity: str = "none"
+    """The recovery level the candidate was built with before it was measured (a
+    ``runners.recovery.RECOVERY_PRESETS`` name: ``none``, ``short``, ``full``; an outcome
+    recorded before fidelities existed reads as ``none``)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.result, Mapping):  # the JSON edge: pipes, caches, older records
@@ -203,6 +229,7 @@ class Outcome:
             "worker": self.worker,
             "node": self.node,
             "attempts": self.attempts,
+            "fidelity": self.fidelity,
         }
 
     @classmethod
@@ -216,6 +243,7 @@ class Outcome:
             worker=data.get("worker", ""),
             node=data.get("node", ""),
             attempts=int(data.get("attempts", 1)),
+            fidelity=str(data.get("fidelity", "none")),
         )
 
 

@@ -33,8 +33,9 @@ def _worker_main(
     except Exception as exc:
         conn.send(("start_failed", f"{type(exc).__name__}: {exc}"))
         return
-    while (strategy := conn.recv()) is not None:
-        conn.send(("outcome", evaluator.evaluate(strategy)))
+    while (job := conn.recv()) is not None:
+        strategy, fidelity = job
+        conn.send(("outcome", evaluator.evaluate(strategy, fidelity)))
 
 
 class LocalExecutor(_SlotExecutor):
@@ -84,7 +85,7 @@ class LocalExecutor(_SlotExecutor):
 
     def _send(self, slot: _Slot, job: _Job) -> None:
         with contextlib.suppress(OSError):  # it died: `_wait` reports that, and the job is retried
-            slot.handle[1].send(job.strategy.to_dict())
+            slot.handle[1].send((job.strategy.to_dict(), job.fidelity))
 
     def _kill(self, slot: _Slot, graceful: bool = False) -> None:
         process, conn = slot.handle

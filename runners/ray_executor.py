@@ -86,7 +86,7 @@ class RayExecutor(_SlotExecutor):
         slot.ref = slot.handle.setup.remote()
 
     def _send(self, slot: _Slot, job: _Job) -> None:
-        slot.ref = slot.handle.evaluate.remote(job.strategy.to_dict())
+        slot.ref = slot.handle.evaluate.remote(job.strategy.to_dict(), job.fidelity)
 
     def _kill(self, slot: _Slot, graceful: bool = False) -> None:
         import ray

@@ -121,6 +121,19 @@ def recovery_preset(name: str) -> RecoveryConfig:
         raise ValueError(f"unknown recovery level {name!r}; choose one of {known}") from None
 
 
+def fidelity_name(config: RecoveryConfig) -> str:
+    """The preset name of ``config`` (its fidelity), or ``"<steps> steps"`` for a custom one.
+
+    Example:
+        >>> fidelity_name(RecoveryConfig(steps=40)), fidelity_name(RecoveryConfig(steps=7))
+        ('short', '7 steps')
+    """
+    for name, preset in RECOVERY_PRESETS.items():
+        if preset == config:
+            return name
+    return f"{config.steps} steps"
+
+
 @dataclass(frozen=True)
 class RecoveryStats:
     """What one distillation fine-tune did (kept in the candidate's notes)."""

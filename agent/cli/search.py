@@ -13,7 +13,7 @@ from agent.cli.errors import EXIT_INTERRUPTED, CliError
 if TYPE_CHECKING:
     from agent.config import SearchConfig
 
-RESUME_FLAGS = ("budget", "address", "workers", "timeout", "executor")
+RESUME_FLAGS = ("budget", "time_budget", "address", "workers", "timeout", "executor")
 """Flags that may change where and how long a resumed search runs (the rest is its config)."""
 
 
@@ -68,14 +68,27 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--cache-dir", type=Path, help="workload and probe-table cache directory")
     p.add_argument("--agent", choices=AGENTS, help="search agent (default ppo)")
     p.add_argument("--agent-seed", type=int, help="agent seed (default 0)")
-    p.add_argument("--budget", type=int, help="candidates to evaluate (default 150)")
+    p.add_argument("--budget", type=int, help="candidates to propose (default 150)")
+    p.add_argument(
+        "--time-budget",
+        type=duration,
+        metavar="DURATION",
+        help="wall time for the whole search, e.g. 20m, 1h30m, 900 (seconds); proposals stop "
+        "in time to confirm the front at full recovery",
+    )
     p.add_argument("--actions", action=ActionsOption)
     p.add_argument(
-        "--recovery",
-        choices=("none", "short"),
-        help="per-candidate accuracy recovery: none (BatchNorm re-estimation, default) or short "
-        "(plus a 40-step distillation fine-tune)",
+        "--fidelities",
+        metavar="LEVELS",
+        help="recovery levels a candidate climbs, cheapest first (default none,short,full: "
+        "BatchNorm re-estimation, 40 and 400 distillation steps); the last is what is deployed",
     )
+    p.add_argument(
+        "--recovery",
+        choices=("none", "short", "full"),
+        help="one fidelity only: rank every candidate at this recovery level",
+    )
+    p.add_argument("--eta", type=int, help="promotion rate: the best 1/eta move up (default 4)")
     p.add_argument("--reward", choices=REWARD_MODES, help="reward mode (default tradeoff)")
     p.add_argument("--lam", type=float, help="tradeoff: accuracy points per doubling of speed")
     p.add_argument("--target-speedup", type=float, help="target mode: speedup to reach")
@@ -145,7 +158,43 @@ def resume_config(args: argparse.Namespace) -> SearchConfig:
         executor=executor,
         workers=args.workers,
         timeout_s=args.timeout,
+        time_budget=args.time_budget,
     )
+
+
+def duration(text: str) -> float:
+    """Seconds in ``text``: ``900``, ``90s``, ``20m``, ``1h30m`` (argparse type).
+
+    Example:
+        >>> duration("1h30m"), duration("20m"), duration("45")
+        (5400.0, 1200.0, 45.0)
+    """
+    import re
+
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
+    parts = re.fullmatch(r"\s*((?:\d+(?:\.\d+)?[hms]\s*)+|\d+(?:\.\d+)?)\s*", text)
+    if parts is None:
+        raise argparse.ArgumentTypeError(
+            f"not a duration: {text!r} (write e.g. 900, 90s, 20m or 1h30m)"
+        )
+    seconds = sum(
+        float(number) * units[unit]
+        for number, unit in re.findall(r"(\d+(?:\.\d+)?)([hms]?)", parts.group(1))
+    )
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"a duration must be > 0, got {text!r}")
+    return seconds
+
+
+def fidelities(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """The fidelity schedule the flags ask for (None: the config's)."""
+    if args.fidelities is not None and args.recovery is not None:
+        raise CliError("give --fidelities or --recovery, not both")
+    if args.recovery is not None:
+        return (args.recovery,)
+    if args.fidelities is None:
+        return None
+    return tuple(level.strip() for level in args.fidelities.split(",") if level.strip())
 
 
 def search_config(args: argparse.Namespace) -> SearchConfig:
@@ -183,7 +232,9 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
         if args.actions is None
         else tuple(a.strip() for a in args.actions.split(",") if a.strip()),
         reward=reward,
-        recovery=args.recovery,
+        fidelities=fidelities(args),
+        eta=args.eta,
+        time_budget=args.time_budget,
         runtime=args.runtime,
         threads=args.threads,
         batch_size=args.batch_size,

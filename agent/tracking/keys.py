@@ -30,6 +30,12 @@ INDEX_TAG = "layerpilot.index"
 SEARCH_DIR_TAG = "layerpilot.search_dir"
 SERIALIZATION_TAG = "layerpilot.torch_serialization"
 """How a run's torch model was saved: ``pt2`` (``torch.export``) or ``pickle`` (the fallback)."""
+FIDELITY_TAG = "layerpilot.fidelity"
+"""A candidate run's recovery level (``none``, ``short``, ``full``): the accuracy it logs is the
+model's after that recovery."""
+ESTIMATED_TAG = "layerpilot.estimated"
+"""``true`` when the run's ``deployed_drop`` and ``reward`` are estimated from a cheaper
+fidelity."""
 PARETO_TAG = "pareto"
 ERROR_TAG = "error"
 STRATEGY_ARTIFACT = "strategy.json"
@@ -43,7 +49,7 @@ BASELINE_PREFIX = "baseline_"
 """Parent-run metric prefix of the baseline measurement (``baseline_accuracy``)."""
 EXTRA_PARAM_PREFIX = "extra:"
 """Param prefix of a record's scalar extras (``extra:lam``); no module name holds a colon."""
-RUN_METRICS = ("reward", "eval_seconds")
+RUN_METRICS = ("reward", "eval_seconds", "deployed_drop")
 """Metrics of a candidate run that are the search's, not the measured result's."""
 
 # MLflow's limits (mlflow.utils.validation): keys, param values, tag values.

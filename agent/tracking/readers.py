@@ -17,8 +17,10 @@ from agent.tracking.keys import (
     BASELINE_PREFIX,
     DEFAULT_UNIT_PARAM,
     ERROR_TAG,
+    ESTIMATED_TAG,
     EVAL_SPEC_ARTIFACT,
     EXTRA_PARAM_PREFIX,
+    FIDELITY_TAG,
     INDEX_TAG,
     KIND_TAG,
     PARENT_RUN_TAG,
@@ -134,6 +136,7 @@ def records_from_runs(runs: Sequence[Mapping[str, Any]]) -> list[CandidateRecord
             "worker": tags.get("layerpilot.worker", ""),
             "node": tags.get("layerpilot.node", ""),
             "attempts": int_or(tags.get("layerpilot.attempts"), 1),
+            "fidelity": tags.get(FIDELITY_TAG, "none"),
         }
         if run["status"] == "FINISHED":
             data = run.get("result") or _result_from_metrics(metrics, strategy)
@@ -154,6 +157,8 @@ def records_from_runs(runs: Sequence[Mapping[str, Any]]) -> list[CandidateRecord
                     for key, text in params.items()
                     if key.startswith(EXTRA_PARAM_PREFIX)
                 },
+                deployed_drop=_finite(metrics.get("deployed_drop")),
+                estimated=tags.get(ESTIMATED_TAG) == "true",
             )
         )
     return sorted(records, key=lambda r: r.index)
@@ -197,6 +202,14 @@ def _run_dict(run: Run) -> dict[str, Any]:
         "tags": dict(run.data.tags),
         "artifact_uri": run.info.artifact_uri,
     }
+
+
+def _finite(value: Any) -> float | None:
+    """A logged metric as a float, None when missing or not finite."""
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 __all__ = [

@@ -8,6 +8,7 @@ writers). The layout it writes is described in :mod:`agent.tracking`; the names 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -16,10 +17,12 @@ from agent.records import CandidateRecord
 from agent.tracking.keys import (
     BASELINE_PREFIX,
     ERROR_TAG,
+    ESTIMATED_TAG,
     EVAL_SPEC_ARTIFACT,
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
     EXTRA_PARAM_PREFIX,
+    FIDELITY_TAG,
     INDEX_TAG,
     KIND_TAG,
     MAX_TAG_VALUE,
@@ -169,6 +172,8 @@ class Tracker:
             INDEX_TAG: str(record.index),
             "layerpilot.source": record.source,
             "layerpilot.strategy_key": outcome.strategy.key(),
+            FIDELITY_TAG: outcome.fidelity,
+            ESTIMATED_TAG: str(record.estimated).lower(),
         }
         if outcome.worker:
             tags["layerpilot.worker"] = outcome.worker
@@ -191,6 +196,8 @@ class Tracker:
                 params[param_key(f"{EXTRA_PARAM_PREFIX}{key}")] = param_value(value)
         values: dict[str, Any] = {} if outcome.result is None else outcome.result.metrics()
         values.update(reward=record.reward, eval_seconds=outcome.eval_seconds)
+        if record.deployed_drop is not None and math.isfinite(record.deployed_drop):
+            values["deployed_drop"] = record.deployed_drop
         self.client.log_batch(
             run_id,
             metrics=metric_entities(values, timestamp=end),

@@ -54,7 +54,7 @@ class PruneHandler(ActionHandler):
     summary = "structured pruning of channels, FFN width or heads"
     name = "prune"
     order = 10
-    choices = (0.0, 0.25, 0.5, 0.75)
+    choices = (0.0, 0.25, 0.5, 0.75, 0.875)
     identity = 0.0
 
     def parse(self, value: Any) -> PruneConfig:

@@ -52,14 +52,49 @@ def test_actions_flag_opts_into_dynamic_skip() -> None:
     assert cfg.actions == ("skip", "dynamic_skip")
 
 
-def test_recovery_flag_sets_the_build_recovery_level() -> None:
+def test_recovery_flag_sets_a_single_fidelity() -> None:
     from agent.config import build_config
     from runners.recovery import RECOVERY_PRESETS
 
+    assert parse().fidelities == ("none", "short", "full")
     assert build_config(parse()).recovery == RECOVERY_PRESETS["none"]
     cfg = parse("--recovery", "short")
-    assert cfg.recovery == "short"
+    assert cfg.fidelities == ("short",)
     assert build_config(cfg).recovery == RECOVERY_PRESETS["short"]
+
+
+def test_fidelities_and_time_budget_flags() -> None:
+    cfg = parse("--fidelities", "short,full", "--eta", "3", "--time-budget", "1h30m")
+    assert (cfg.fidelities, cfg.eta, cfg.time_budget) == (("short", "full"), 3, 5400.0)
+
+
+def test_old_recovery_key_reads_as_a_single_fidelity() -> None:
+    from agent.config import config_from_dict
+
+    assert config_from_dict({"recovery": "short"}).fidelities == ("short",)
+
+
+@pytest.mark.parametrize(
+    ("fidelities", "match"),
+    [
+        (("full", "none"), "cheapest first"),
+        (("none", "none"), "cheapest first"),
+        (("none", "medium"), r"unknown level\(s\) \['medium'\]"),
+        ((), "empty list"),
+    ],
+)
+def test_bad_fidelities_are_refused(fidelities: tuple[str, ...], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        SearchConfig(fidelities=fidelities)
+
+
+@pytest.mark.parametrize("text", ["20", "0", "ten minutes", "-5m"])
+def test_time_budget_flag_refuses_what_is_not_a_duration(text: str) -> None:
+    if text == "20":
+        assert parse("--time-budget", text).time_budget == 20.0
+        return
+    with pytest.raises(SystemExit):
+        parse("--time-budget", text)
 
 
 def test_address_implies_ray_executor() -> None:
@@ -76,7 +111,7 @@ def test_address_implies_ray_executor() -> None:
         ("[ppo]\nlr = -1.0\n", r"\[ppo\]"),
         ("budget = \n", "not valid"),
         ('actions = ["prune", "teleport"]\n', r"actions: unknown \['teleport'\]"),
-        ('recovery = "full"\n', "full recovery is for `layerpilot export`"),
+        ('fidelities = ["full", "none"]\n', "cheapest first"),
     ],
 )
 def test_bad_config_file_names_what_is_wrong(tmp_path: Path, text: str, match: str) -> None:

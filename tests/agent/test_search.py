@@ -30,11 +30,17 @@ class ScriptedExecutor:
     def start(self) -> dict[str, Any]:
         return {"accuracy": 99.0, "latency": {"median_ms": 2.0, "p90_ms": 2.1}, "flops": 1000}
 
-    def submit(self, strategy: Strategy, timeout_s: float | None = None) -> None:
+    def submit(
+        self, strategy: Strategy, timeout_s: float | None = None, fidelity: str | None = None
+    ) -> None:
         self.submitted.append(strategy)
         n = len(self.submitted)
+        level = fidelity or "none"
         if n % 3 == 0:
-            self._done.append(Outcome(strategy, "failed", error="RuntimeError: boom", worker="w"))
+            failed = Outcome(
+                strategy, "failed", error="RuntimeError: boom", worker="w", fidelity=level
+            )
+            self._done.append(failed)
             return
         speedup = 1.0 + 0.1 * len(strategy.units)
         drop = math.nan if n % 4 == 0 else 0.2 * len(strategy.units)
@@ -45,7 +51,8 @@ class ScriptedExecutor:
             "latency_ms": 2.0 / speedup,
             "flops": 900,
         }
-        self._done.append(Outcome(strategy, "ok", result, eval_seconds=0.01, worker="w"))
+        ok = Outcome(strategy, "ok", result, eval_seconds=0.01, worker="w", fidelity=level)
+        self._done.append(ok)
 
     def poll(self, timeout: float | None = None) -> list[Outcome]:
         out, self._done = self._done, []
@@ -73,6 +80,7 @@ def config(tmp_path: Path, **kw: Any) -> SearchConfig:
         "out": tmp_path / "search",
         "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "log_model": False,
+        "fidelities": ("none",),  # one level: these tests are about the loop, not promotion
     }
     return SearchConfig(**{**defaults, **kw})
 
@@ -164,9 +172,11 @@ def test_search_restores_the_drivers_cpu_affinity_and_torch_threads(
     during: list[tuple[set[int], int]] = []
     submit = scripted.submit
 
-    def watched(strategy: Strategy, timeout_s: float | None = None) -> None:
+    def watched(
+        strategy: Strategy, timeout_s: float | None = None, fidelity: str | None = None
+    ) -> None:
         during.append((os.sched_getaffinity(0), torch.get_num_threads()))
-        submit(strategy, timeout_s)
+        submit(strategy, timeout_s, fidelity)
 
     scripted.submit = watched  # type: ignore[method-assign]
     torch.set_num_threads(2)  # anything but the search's 1

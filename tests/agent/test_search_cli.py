@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 QUICK = """
 budget = {budget}
 bn_batches = 2
+fidelities = ["none"]
 [latency]
 warmup = 2
 warmup_seconds = 0.0

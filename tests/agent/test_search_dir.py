@@ -35,7 +35,7 @@ def _record(index: int, strategy: Strategy = PRUNE, ok: bool = True) -> Candidat
 def _spec() -> EvalSpec:
     # everything a default spec would get wrong: BN batches, threads, no timing, recovery
     return eval_spec(
-        SearchConfig(bn_batches=16, threads=2, batch_size=4, measure="flops", recovery="short")
+        SearchConfig(bn_batches=16, threads=2, batch_size=4, measure="flops", fidelities=("short",))
     )
 
 

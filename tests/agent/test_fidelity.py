@@ -1,0 +1,298 @@
+"""Multi-fidelity search: calibration, ASHA promotion, confirmation, and fidelity on every
+record, cache line and MLflow run — on a fake evaluator whose cheap scores are noisy, biased
+versions of the deployed one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow import MlflowClient
+
+from agent import search as search_module
+from agent.config import SearchConfig
+from agent.export import SearchSource, choose_candidate
+from agent.fidelity import Calibration, Schedule, promotions, to_confirm
+from agent.records import CandidateRecord
+from agent.report import load_records, write_report
+from envs.reward import RewardConfig, reward
+from runners.job import EvalSpec, Outcome
+from search_spaces import Strategy
+
+LEVELS = ("none", "short", "full")
+
+
+def _unit_noise(key: str, salt: str) -> float:
+    """A deterministic value in [0, 1) per (strategy, salt)."""
+    digest = hashlib.sha256(f"{salt}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def true_drop(strategy: Strategy) -> float:
+    """The deployed (full-recovery) drop of the fake model: 0–4 points."""
+    return 4.0 * _unit_noise(strategy.key(), "true")
+
+
+def fake_speedup(strategy: Strategy) -> float:
+    return 1.0 + 0.25 * len(strategy.units)
+
+
+def fake_drop(strategy: Strategy, fidelity: str) -> float:
+    """Cheap levels lose far more and rank with noise: none ≈ 6·d + 15 ± 3, short ≈ 2·d + 3 ± 1."""
+    d = true_drop(strategy)
+    noise = _unit_noise(strategy.key(), fidelity) - 0.5
+    if fidelity == "none":
+        return 6.0 * d + 15.0 + 6.0 * noise
+    if fidelity == "short":
+        return 2.0 * d + 3.0 + 2.0 * noise
+    return d
+
+
+class FidelityExecutor:
+    """Measures at once; the accuracy depends on the fidelity asked for (`fake_drop`)."""
+
+    slots = 1
+
+    def __init__(self) -> None:
+        self.submitted: list[tuple[str, str]] = []
+        self._done: list[Outcome] = []
+
+    def start(self) -> dict[str, Any]:
+        return {"accuracy": 99.0, "latency": {"median_ms": 2.0, "p90_ms": 2.1}, "flops": 1000}
+
+    def submit(
+        self, strategy: Strategy, timeout_s: float | None = None, fidelity: str | None = None
+    ) -> None:
+        level = fidelity or "none"
+        self.submitted.append((strategy.key(), level))
+        drop, speedup = fake_drop(strategy, level), fake_speedup(strategy)
+        result = {
+            "accuracy": 99.0 - drop,
+            "accuracy_drop": drop,
+            "speedup": speedup,
+            "latency_ms": 2.0 / speedup,
+            "flops": 900,
+        }
+        seconds = {"none": 1.0, "short": 4.0, "full": 20.0}[level]
+        outcome = Outcome(strategy, "ok", result, eval_seconds=seconds, fidelity=level)
+        self._done.append(outcome)
+
+    def poll(self, timeout: float | None = None) -> list[Outcome]:
+        out, self._done = self._done, []
+        return out
+
+    @property
+    def pending(self) -> int:
+        return len(self._done)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FidelityExecutor:
+    executor = FidelityExecutor()
+    monkeypatch.setattr(search_module, "make_executor", lambda config, spec, placement: executor)
+    return executor
+
+
+def config(tmp_path: Path, workload_cache: Path, **kw: Any) -> SearchConfig:
+    defaults: dict[str, Any] = {
+        "agent": "random",
+        "budget": 30,
+        "eta": 3,
+        "out": tmp_path / "search",
+        "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "log_model": False,
+        "cache_dir": workload_cache,
+    }
+    return SearchConfig(**{**defaults, **kw})
+
+
+def record(index: int, key: str, fidelity: str, drop: float, speedup: float) -> CandidateRecord:
+    strategy = Strategy.from_dict({f"unit{key}": {"skip": True}})
+    result = {"accuracy": 99.0 - drop, "accuracy_drop": drop, "speedup": speedup}
+    outcome = Outcome(strategy, "ok", result, fidelity=fidelity)
+    return CandidateRecord(index, outcome, reward(outcome.result, RewardConfig()), "random")
+
+
+def _unit(strategy: Strategy) -> str:
+    return next(iter(strategy.units))
+
+
+# -- the rules, on hand-made records ------------------------------------------------------
+
+
+def test_calibration_learns_the_cheap_to_deployed_map_from_pairs() -> None:
+    schedule = Schedule(("none", "full"))
+    records = []
+    for i, d in enumerate([0.2, 0.5, 1.0, 2.0, 3.0]):
+        records.append(record(2 * i, str(i), "none", 10 * d + 5, 2.0))
+        records.append(record(2 * i + 1, str(i), "full", d, 2.0))
+    calibration = Calibration.fit(schedule, records)
+    assert calibration.pairs("none") == 5
+    # a cheap drop of 15 (true 1.0) is estimated near 1, not at 15
+    assert abs(calibration.deployed_drop("none", 15.0) - 1.0) < 0.5
+    assert calibration.deployed_drop("full", 0.7) == 0.7  # the top level is a measurement
+    no_pairs = Calibration.fit(schedule, records[::2])
+    assert no_pairs.deployed_drop("none", 15.0) == pytest.approx(15.0)  # the identity prior
+
+
+def test_promotions_take_the_best_third_of_each_level_highest_level_first() -> None:
+    schedule = Schedule(("none", "short", "full"), eta=3)
+    records = [record(i, str(i), "none", float(i), 4.0) for i in range(6)]  # 0 and 1 are best
+    records.append(record(6, "0", "short", 0.1, 4.0))
+    records += [record(7 + i, str(10 + i), "short", 5.0, 1.5) for i in range(2)]
+    due = promotions(records, schedule, RewardConfig(), busy=set())
+    keys = [(_unit(s), level) for s, level in due]
+    assert keys == [("unit0", "full"), ("unit1", "short")]  # unit0 is at short already
+    busy = {(due[1][0].key(), "short")}
+    assert [level for _, level in promotions(records, schedule, RewardConfig(), busy)] == ["full"]
+
+
+def test_confirmation_takes_the_estimated_front_within_the_bound_fastest_first() -> None:
+    schedule = Schedule(("none", "full"))
+    records = [
+        record(0, "a", "none", 0.5, 8.0),
+        record(1, "b", "none", 0.2, 4.0),
+        record(2, "c", "none", 5.0, 20.0),  # on the front but outside the bound
+        record(3, "d", "none", 0.9, 3.0),  # dominated by b
+    ]
+    todo = to_confirm(records, schedule, RewardConfig(), 1.0, busy=set())
+    assert [_unit(s) for s in todo][:2] == ["unita", "unitb"]
+    assert "unitd" not in [_unit(s) for s in todo]
+    records.append(record(4, "a", "full", 3.0, 8.0))  # confirmed: it did not hold up
+    todo = to_confirm(records, schedule, RewardConfig(), 1.0, busy=set())
+    assert _unit(todo[0]) == "unitb"
+
+
+# -- the driver, on the fake evaluator ----------------------------------------------------
+
+
+def test_search_promotes_the_truly_best_and_measures_nothing_twice(
+    tmp_path: Path, fake: FidelityExecutor, workload_cache: Path
+) -> None:
+    result = search_module.run_search(config(tmp_path, workload_cache))
+    records = result.records
+    assert len(fake.submitted) == len(set(fake.submitted))  # never twice at one fidelity
+    proposed = {r.strategy.key(): r.strategy for r in records}
+    assert len(proposed) == 30 == result.summary["candidates"]
+
+    def true_reward(s: Strategy) -> float:
+        return -true_drop(s) + 0.5 * math.log2(fake_speedup(s))
+
+    truly_best = max(proposed.values(), key=true_reward)
+    at_full = {r.strategy.key() for r in records if r.fidelity == "full"}
+    assert truly_best.key() in at_full
+    # the search's best is a deployed measurement: the best of those at full
+    assert result.summary["summary_fidelity"] == "full"
+    best = records[result.summary["best_index"]]
+    assert best.fidelity == "full" and not best.estimated
+    assert best.strategy.key() == truly_best.key()
+    # cheap records carry an estimate of the deployed drop, far below what they measured
+    cheap = [r for r in records if r.fidelity == "none"]
+    assert all(r.estimated for r in cheap)
+    calibrated = [r for r in cheap[-10:] if r.deployed_drop is not None]
+    assert sum(r.deployed_drop < r.accuracy_drop - 5 for r in calibrated) >= 8
+
+
+def test_fidelity_is_on_records_cache_lines_and_mlflow_runs(
+    tmp_path: Path, fake: FidelityExecutor, workload_cache: Path
+) -> None:
+    result = search_module.run_search(config(tmp_path, workload_cache, budget=9))
+    on_disk = load_records(result.out)
+    assert [(r.strategy.key(), r.fidelity) for r in on_disk] == [
+        (r.strategy.key(), r.fidelity) for r in result.records
+    ]
+    assert {r.fidelity for r in on_disk} == set(LEVELS)
+    twice = next(r for r in on_disk if r.fidelity == "full").strategy.key()
+    lines = [json.loads(line) for line in (result.out / "cache.jsonl").read_text().splitlines()]
+    mine = [line for line in lines if line["key"] == twice]
+    assert {line["outcome"]["fidelity"] for line in mine} == set(LEVELS)
+    assert len({line["scope"] for line in mine}) == 3  # the fidelity is part of the cache key
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    state = json.loads((result.out / "search.json").read_text())
+    runs = client.search_runs(
+        [state["mlflow"]["experiment_id"]],
+        f"tags.mlflow.parentRunId = '{result.parent_run_id}'",
+    )
+    assert len(runs) == len(on_disk)
+    tags = {(r.data.tags["layerpilot.fidelity"], r.data.tags["layerpilot.estimated"]) for r in runs}
+    assert ("full", "false") in tags and ("none", "true") in tags
+    assert all("deployed_drop" in r.data.metrics for r in runs)
+
+
+def test_resume_across_fidelities_measures_nothing_again(
+    tmp_path: Path, fake: FidelityExecutor, workload_cache: Path
+) -> None:
+    first = search_module.run_search(config(tmp_path, workload_cache, budget=12))
+    log = first.out / "candidates.jsonl"
+    lines = log.read_text().splitlines()
+    assert any(json.loads(line)["outcome"]["fidelity"] != "none" for line in lines[-4:])
+    log.write_text("\n".join(lines[:-4]) + "\n")  # killed before the last 4 landed (cached)
+    measured = list(fake.submitted)
+
+    second = search_module.run_search(config(tmp_path, workload_cache, budget=20), resume=True)
+    assert len(fake.submitted) == len(set(fake.submitted))  # across both runs
+    landed = [(r.strategy.key(), r.fidelity) for r in second.records]
+    assert len(landed) == len(set(landed))
+    assert set(measured) <= set(landed)  # the 4 cut-off records came back from the cache
+    assert second.summary["candidates"] == 20
+
+
+def test_time_budget_stops_proposals_in_time_to_confirm(
+    tmp_path: Path, fake: FidelityExecutor, workload_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = {"now": 0.0}
+
+    def perf_counter() -> float:
+        return clock["now"]
+
+    submit = fake.submit
+
+    def timed(strategy: Strategy, timeout_s: float | None = None, fidelity: str | None = None):
+        clock["now"] += {"none": 1.0, "short": 4.0, "full": 20.0}[fidelity or "none"]
+        submit(strategy, timeout_s, fidelity)
+
+    fake.submit = timed  # type: ignore[method-assign]
+    monkeypatch.setattr(search_module.time, "perf_counter", perf_counter)
+    result = search_module.run_search(
+        config(tmp_path, workload_cache, budget=1000, time_budget=300.0, confirm=2)
+    )
+    assert clock["now"] <= 300.0 + 20.0  # at most the measurement in flight runs over
+    assert result.summary["candidates"] < 1000
+    origins = [r.extras.get("origin") for r in result.records]
+    assert "confirm" in origins and origins[-1] in ("confirm", "promoted")
+    assert result.summary["summary_fidelity"] == "full"
+
+
+# -- what users read: export and the report -----------------------------------------------
+
+
+def test_export_best_picks_the_confirmed_candidate_over_a_cheaper_estimate(tmp_path: Path) -> None:
+    records = [
+        record(0, "fast", "short", 0.1, 20.0),  # fastest, but not measured at full
+        record(1, "ok", "full", 0.5, 10.0),
+        record(2, "slow", "full", 0.2, 5.0),
+    ]
+    source = SearchSource("s", EvalSpec(workload="digits-resnet"), records)
+    assert choose_candidate(source, "best", 1.0).index == 1
+
+
+def test_report_names_the_fidelity_of_every_figure(tmp_path: Path) -> None:
+    records = [
+        record(0, "a", "none", 20.0, 6.0),
+        record(1, "a", "full", 0.4, 6.0),
+        record(2, "b", "none", 30.0, 9.0),
+    ]
+    path = write_report(records, {"accuracy": 99.0}, tmp_path, "t", deployed="full")
+    text = path.read_text()
+    assert "measured after **full** recovery" in text
+    assert "2 cheaper measurements (2 at none)" in text
+    assert "| 1 | full | 98.60 | 0.40 |" in text
+    assert "6.00x** (#1" in text  # the best is the full record, not the 9x estimate
