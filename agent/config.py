@@ -73,7 +73,7 @@ class SearchConfig:
     eta: int = 4
     """Promotion rate: of the candidates measured at a level, the best ``1/eta`` (by estimated
     deployed reward) are measured at the next."""
-    confirm: int = 4
+    confirm: int = 2
     """Candidates of the estimated front measured at the last level once proposals stop (on top
     of the promoted ones), so that the best and the front the search reports are measured."""
     time_budget: float | None = None
