@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from agent import search as search_module
 from agent.config import SearchConfig
 from agent.export import SearchSource, choose_candidate
-from agent.fidelity import Calibration, Schedule, promotions, to_confirm
+from agent.fidelity import PRIORS, Calibration, Schedule, promotions, to_confirm
 from agent.records import CandidateRecord
 from agent.report import load_records, write_report
 from envs.reward import RewardConfig, reward
@@ -138,8 +138,10 @@ def test_calibration_learns_the_cheap_to_deployed_map_from_pairs() -> None:
     # a cheap drop of 15 (true 1.0) is estimated near 1, not at 15
     assert abs(calibration.deployed_drop("none", 15.0) - 1.0) < 0.5
     assert calibration.deployed_drop("full", 0.7) == 0.7  # the top level is a measurement
-    no_pairs = Calibration.fit(schedule, records[::2])
-    assert no_pairs.deployed_drop("none", 15.0) == pytest.approx(15.0)  # the identity prior
+    no_pairs = Calibration.fit(schedule, records[::2])  # the measured prior alone
+    a, b = PRIORS["none"]
+    assert no_pairs.deployed_drop("none", 15.0) == pytest.approx(math.expm1(a + b * math.log1p(15)))
+    assert Calibration.fit(Schedule(("medium", "full")), []).deployed_drop("medium", 3.0) == 3.0
 
 
 def test_promotions_take_the_best_third_of_each_level_highest_level_first() -> None:
@@ -155,12 +157,12 @@ def test_promotions_take_the_best_third_of_each_level_highest_level_first() -> N
 
 
 def test_confirmation_takes_the_estimated_front_within_the_bound_fastest_first() -> None:
-    schedule = Schedule(("none", "full"))
+    schedule = Schedule(("cheap", "full"))  # no prior: the identity
     records = [
-        record(0, "a", "none", 0.5, 8.0),
-        record(1, "b", "none", 0.2, 4.0),
-        record(2, "c", "none", 5.0, 20.0),  # on the front but outside the bound
-        record(3, "d", "none", 0.9, 3.0),  # dominated by b
+        record(0, "a", "cheap", 0.5, 8.0),
+        record(1, "b", "cheap", 0.2, 4.0),
+        record(2, "c", "cheap", 5.0, 20.0),  # on the front but outside the bound
+        record(3, "d", "cheap", 0.9, 3.0),  # dominated by b
     ]
     todo = to_confirm(records, schedule, RewardConfig(), 1.0, busy=set())
     assert [_unit(s) for s in todo][:2] == ["unita", "unitb"]
