@@ -342,8 +342,9 @@ def _run(
         emit("searching")
         while True:
             interrupts.check()
-            if searching and out_of_time(_reserve(records, schedule, config, executor.slots)):
-                searching = False
+            reserve = _reserve(records, schedule, config, executor.slots)
+            if searching and out_of_time(min(reserve, (config.time_budget or 0.0) / 3)):
+                searching = False  # confirm now: at most a third of the budget is held back
             while len(in_flight) < lookahead:
                 job = next_job()
                 if job is None:
