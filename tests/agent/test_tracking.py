@@ -300,7 +300,7 @@ def test_load_search_returns_runs_and_baseline_enough_for_a_report(search, tmp_p
 
     assert [r["run_id"] for r in runs] == run_ids
     assert baseline == BASELINE
-    assert "| candidates | 3 (1 cached) |" in report.read_text()
+    assert "| candidates | 2 strategies, 3 measurements (1 cached) |" in report.read_text()
 
 
 def test_records_from_runs_match_logged_records_when_rebuilt_from_mlflow(search):
