@@ -13,6 +13,10 @@ ends), `agent.interrupts` (Ctrl-C / SIGTERM), `agent.resume` (continuing a kille
 Ctrl-C (or SIGTERM) while candidates are landing is deferred to the end of the current step, so
 it never cuts a record, a cache line or an MLflow write in half; a second one stops at once.
 A search that was killed outright resumes with ``resume=True`` (`agent.resume`).
+
+Long module: the loop is one function whose closures (`land`, `next_job`) share its state
+(records, caches, in-flight measurements, the phase); the fidelity rules it applies are in
+`agent.fidelity`. Splitting the loop would pass that state through five signatures.
 """
 
 from __future__ import annotations
