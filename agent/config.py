@@ -76,8 +76,9 @@ class SearchConfig:
     confirm: int = 2
     """Candidates of the estimated front measured at the last level once proposals stop (on top
     of the promoted ones), so that the best and the front the search reports are measured."""
-    time_budget: float | None = None
-    """Wall seconds for the whole search (None: no limit, ``budget`` alone bounds it). Proposals
+    time_budget: float | None = 1500.0
+    """Wall seconds for the whole search (default 25 min, so the default main job ends within
+    30 min; None: no limit, ``budget`` alone bounds it). Proposals
     stop early enough to confirm the front within it; what is in flight at the end finishes."""
     out: Path | None = None
     """Search directory (default: a new folder under ``./runs/``)."""
