@@ -240,10 +240,12 @@ def to_confirm(
     ]
     top = schedule.top
     open_ = [p for p in front if p[3].fidelity != top and (p[3].strategy.key(), top) not in busy]
-    chosen = sorted((p for p in open_ if p[0] <= bound), key=lambda p: -p[1])
+    # a candidate slower than the baseline is never worth deploying, however accurate
+    chosen = sorted((p for p in open_ if p[0] <= bound and p[1] > 1.0), key=lambda p: -p[1])
     best = max(points, key=lambda p: p[2], default=None)
     if (
         best is not None
+        and best[1] > 1.0
         and best[3].fidelity != top
         and best not in chosen
         and (best[3].strategy.key(), top) not in busy

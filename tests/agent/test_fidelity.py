@@ -163,10 +163,12 @@ def test_confirmation_takes_the_estimated_front_within_the_bound_fastest_first()
         record(1, "b", "cheap", 0.2, 4.0),
         record(2, "c", "cheap", 5.0, 20.0),  # on the front but outside the bound
         record(3, "d", "cheap", 0.9, 3.0),  # dominated by b
+        record(5, "e", "cheap", 0.0, 0.7),  # on the front, but slower than the baseline
     ]
     todo = to_confirm(records, schedule, RewardConfig(), 1.0, busy=set())
     assert [_unit(s) for s in todo][:2] == ["unita", "unitb"]
     assert "unitd" not in [_unit(s) for s in todo]
+    assert "unite" not in [_unit(s) for s in todo]
     records.append(record(4, "a", "full", 3.0, 8.0))  # confirmed: it did not hold up
     todo = to_confirm(records, schedule, RewardConfig(), 1.0, busy=set())
     assert _unit(todo[0]) == "unitb"
