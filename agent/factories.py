@@ -71,7 +71,7 @@ def make_agent(
     if config.agent == "tpe":
         return TPEAgent(space, config.agent_seed)
     from agent.ppo import PPOAgent
-    from agent.probes import measure_probes
+    from agent.probes import PROBE_SHARE, measure_probes
     from envs.cost import flops_cost_model
     from envs.workloads.cache import default_cache_dir
 
@@ -85,6 +85,7 @@ def make_agent(
             table_dir,
             spec.cache_scope(),
             progress=lambda done, total: emit("probing", f"{done}/{total} single-choice probes"),
+            budget_s=None if config.time_budget is None else PROBE_SHARE * config.time_budget,
         )
         add_time("probes", time.perf_counter() - start)
         sdir.write_cost_table(cost.to_dict())

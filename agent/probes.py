@@ -8,6 +8,11 @@ time is reported separately (``probe_seconds``). The table is cached per workloa
 threads, batch size and CPU model, so later searches on the same setup start from it at once.
 Each probe is kept as a `Score` (what the reward and the surrogate read); a table written
 before that held a subset of each result's ``to_dict()``, and still loads.
+
+A search with a time budget gives the table at most `PROBE_SHARE` of it: probes are measured
+most informative first (the whole-model collective ones, then the units with the largest FLOP
+share), and what is left unmeasured keeps its FLOPs estimate. The partial table is cached with
+the probes it still lacks, and the next search on the same setup measures those first.
 """
 
 from __future__ import annotations
@@ -36,6 +41,11 @@ from search_spaces.space import DecisionSpace
 from search_spaces.strategy import Strategy
 
 PROBES_VERSION = 1
+
+PROBE_SHARE = 0.15
+"""Share of a search's time budget a cold probe table may take (on digits-resnet on 2 cores
+the whole table costs ~200-450 s: a third of a 20-minute search, before its first
+candidate)."""
 
 
 def _cpu_model() -> str:
@@ -69,13 +79,19 @@ def measure_probes(
     cache_dir: Path | None,
     scope: dict[str, Any],
     progress: Callable[[int, int], None] | None = None,
+    budget_s: float | None = None,
 ) -> tuple[CostModel, list[tuple[Strategy, Score | None]], float]:
     """Measure (or load) every single-choice probe, plus the collective ones.
 
+    Args:
+        budget_s: Seconds the measuring may take (None: no limit). Probes go most informative
+            first (`probe_order`); once the budget is spent no more are submitted, those in
+            flight finish, and the rest keep the FLOPs estimate.
+
     Returns:
-        The measured cost table, the probes as ``(strategy, score or None if it failed)`` pairs
-        (training data for the surrogate), and the seconds spent measuring (0 when loaded from
-        cache).
+        The measured cost table, the measured probes as ``(strategy, score or None if it
+        failed)`` pairs (training data for the surrogate), and the seconds spent measuring
+        (0 when everything came from the cache).
     """
     plan = probe_plan(space)
     strategies = [probe_strategy(space, p) for p in plan] + collective_probes(space)
@@ -83,50 +99,85 @@ def measure_probes(
     stem = re.sub(r"[^\w.-]+", "_", str(scope["workload"]))
     cache_file = None if cache_dir is None else cache_dir / f"{stem}-{key}.json"
     results = None if cache_file is None else _load(cache_file, key, len(strategies))
+    results = results if results is not None else {}
+    todo = [i for i in probe_order(space, plan, len(strategies)) if i not in results]
     seconds = 0.0
-    if results is None:
+    if todo:
         start = time.perf_counter()
-        results = _measure(strategies, executor, progress)
+        deadline = None if budget_s is None else start + budget_s
+        results.update(_measure(strategies, todo, executor, progress, deadline))
         seconds = time.perf_counter() - start
         if cache_file is not None:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-            stored = [None if r is None else r.to_dict() for r in results]
-            tmp.write_text(json.dumps({"key": key, "seconds": seconds, "results": stored}))
-            tmp.replace(cache_file)
-    table = probe_cost_model(space, dict(zip(plan, results[: len(plan)], strict=True)))
-    return table, list(zip(strategies, results, strict=True)), seconds
+            stored = [results.get(i, MISSING) for i in range(len(strategies))]
+            _store(cache_file, key, seconds, stored)
+    measured = {plan[i]: r for i, r in results.items() if i < len(plan)}
+    table = probe_cost_model(space, measured)
+    probes = [(strategies[i], results[i]) for i in range(len(strategies)) if i in results]
+    return table, probes, seconds
 
 
-def _load(cache_file: Path, key: str, count: int) -> list[Score | None] | None:
-    """The stored table's scores, or None when it is missing, unreadable or for other probes."""
+def probe_order(space: DecisionSpace, plan: list[tuple[int, str, int]], total: int) -> list[int]:
+    """Indices of the probes (``plan`` then the collective ones, up to ``total``) in the order
+    they are measured: the collective ones first (what no single-unit probe shows), then
+    single-choice probes by their unit's FLOP share, largest first (plan order breaks ties)."""
+    collective = list(range(len(plan), total))
+    share = [space.steps[step].unit.flops_share for step, _, _ in plan]
+    return collective + sorted(range(len(plan)), key=lambda i: -share[i])
+
+
+MISSING = "missing"
+"""A probe not measured yet (the budget ran out), as stored in a partial table."""
+
+
+def _store(cache_file: Path, key: str, seconds: float, results: list[Score | str | None]) -> None:
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
+    stored = [r if r is None or isinstance(r, str) else r.to_dict() for r in results]
+    tmp.write_text(json.dumps({"key": key, "seconds": seconds, "results": stored}))
+    tmp.replace(cache_file)
+
+
+def _load(cache_file: Path, key: str, count: int) -> dict[int, Score | None] | None:
+    """The stored table's scores by probe index (a partial table lacks the probes it did not
+    measure), or None when it is missing, unreadable or for other probes."""
     if not cache_file.exists():
         return None
     try:
         stored = json.loads(cache_file.read_text())
         if stored.get("key") != key or len(stored.get("results", ())) != count:
             return None
-        return [None if r is None else Score.from_dict(r) for r in stored["results"]]
+        return {
+            i: None if r is None else Score.from_dict(r)
+            for i, r in enumerate(stored["results"])
+            if r != MISSING
+        }
     except (OSError, ValueError, TypeError, AttributeError):  # torn or foreign: measure again
         return None
 
 
 def _measure(
     strategies: list[Strategy],
+    todo: list[int],
     executor: Executor,
     progress: Callable[[int, int], None] | None,
-) -> list[Score | None]:
-    results: list[Score | None] = [None] * len(strategies)
-    index = {s.key(): i for i, s in enumerate(strategies)}
-    for s in strategies:
-        executor.submit(s)
-    done = 0
-    while executor.pending:
+    deadline: float | None,
+) -> dict[int, Score | None]:
+    """Measure ``strategies[i]`` for ``i`` in ``todo``, in that order, keeping ``slots + 1`` in
+    flight, until ``deadline`` (``perf_counter`` seconds) stops new submissions."""
+    results: dict[int, Score | None] = {}
+    index = {strategies[i].key(): i for i in todo}
+    queue = list(todo)
+    window = executor.slots + 1
+    while queue or executor.pending:
+        while queue and executor.pending < window:
+            if deadline is not None and time.perf_counter() >= deadline:
+                queue.clear()
+                break
+            executor.submit(strategies[queue.pop(0)])
         for outcome in executor.poll(timeout=1.0):
             results[index[outcome.strategy.key()]] = _score(outcome)
-            done += 1
             if progress:
-                progress(done, len(strategies))
+                progress(len(results), len(todo))
     return results
 
 

@@ -192,3 +192,47 @@ def test_probe_table_written_before_scores_still_loads(
 
     assert executor.submitted == [] and seconds == 0.0
     assert loaded == probes
+
+
+def test_probe_budget_measures_the_most_informative_first_and_the_next_search_the_rest(
+    space: DecisionSpace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import agent.probes as probes_module
+    from agent.probes import measure_probes
+    from envs.cost import collective_probes, flops_cost_model
+
+    clock = [0.0]
+    monkeypatch.setattr(probes_module.time, "perf_counter", lambda: clock[0])
+
+    class TimedExecutor(ProbeExecutor):
+        def submit(self, strategy, timeout_s=None) -> None:
+            clock[0] += 1.0  # each probe costs a second
+            super().submit(strategy, timeout_s)
+
+    first = TimedExecutor()
+    table, probes, _ = measure_probes(space, first, tmp_path, SCOPE, budget_s=5.0)  # type: ignore[arg-type]
+
+    collective = collective_probes(space)
+    plan = probe_plan(space)
+    assert len(first.submitted) == 5 == len(probes)
+    assert first.submitted[: len(collective)] == collective
+    shares = [
+        next(st.unit.flops_share for st in space.steps if st.unit.name in s.units)
+        for s in first.submitted[len(collective) :]
+    ]
+    assert shares == sorted(shares, reverse=True)
+    assert max(st.unit.flops_share for st in space.steps) == shares[0]
+    # an unmeasured probe keeps the FLOPs estimate; a measured one has its measurement
+    flops = flops_cost_model(space)
+    measured = {s.key() for s in first.submitted}
+    step, name, index = next(
+        p for p in plan if probes_module.probe_strategy(space, p).key() not in measured
+    )
+    assert table.drop[step][name][index] == flops.drop[step][name][index]
+
+    rest = TimedExecutor()
+    full_table, all_probes, _ = measure_probes(space, rest, tmp_path, SCOPE)  # type: ignore[arg-type]
+    assert len(rest.submitted) == len(plan) + len(collective) - 5
+    assert not {s.key() for s in rest.submitted} & measured
+    assert len(all_probes) == len(plan) + len(collective)
+    assert full_table.drop[step][name][index] != flops.drop[step][name][index]
