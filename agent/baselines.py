@@ -19,7 +19,7 @@ import numpy as np
 
 from agent.base import Proposal
 from agent.records import CandidateRecord
-from search_spaces.actions import removes_unit
+from search_spaces.actions import get_action, removes_unit
 from search_spaces.space import DecisionSpace
 from search_spaces.strategy import Strategy
 
@@ -102,6 +102,50 @@ def uniform_grid(space: DecisionSpace) -> list[Strategy]:
     return out
 
 
+def uniform_seeds(space: DecisionSpace) -> list[Strategy]:
+    """The hand pipeline's strategies, which a search measures before its agent proposes.
+
+    What a user tries by hand first is one setting everywhere: prune every layer by r, then
+    quantize the lot. So: the collective actions' (precision's) fastest value on every unit,
+    alone, and each value of every other action that keeps the unit (prune levels, low rank)
+    on every unit that offers it, with and without the collective values (on small layers a
+    quantize pair can cost more than int8 saves). Actions that remove units (skip) are left
+    out: removing every block is never worth measuring. "Fastest" is by the handler's FLOP
+    saving, so nothing here names an action. Every agent starts from the same seeds, so the
+    comparison between agents stays fair.
+    """
+    names = space.action_names
+    collective: dict[str, Any] = {}
+    for name in names:
+        if get_action(name).collective and len(space.values(name)) > 1:
+            values = space.values(name)[1:]
+            collective[name] = max(values, key=get_action(name).flops_saving)
+    widths = [
+        (name, value)
+        for name in names
+        if name not in collective
+        for value in space.values(name)[1:]
+        if not removes_unit(name, value)
+    ]
+    out: list[Strategy] = []
+    seen: set[str] = set()
+    combos = [collective] + [
+        {**together, name: value} for name, value in widths for together in (collective, {})
+    ]
+    for settings in combos:
+        choices = space.identity()
+        for step, choice in zip(space.steps, choices, strict=True):
+            for name, value in settings.items():
+                options = step.options.get(name, ())
+                if value in options:
+                    choice[names.index(name)] = options.index(value)
+        strategy = space.to_strategy(choices)
+        if not strategy.is_identity and strategy.key() not in seen:
+            seen.add(strategy.key())
+            out.append(strategy)
+    return out
+
+
 class UniformAgent(_Baseline):
     """Walks `uniform_grid` (the identity strategy excluded: it is the baseline)."""
 
@@ -170,7 +214,16 @@ class TPEAgent(_Baseline):
         self._count = len(records)
 
     def tell(self, record: CandidateRecord) -> None:
-        # the live trial that proposed this strategy (a record from before a resume has none)
+        # the live trial that proposed this strategy, if any
         trial_id = self._pending.pop(record.strategy.key(), None)
         if trial_id is not None:
             self._searcher.on_trial_complete(trial_id, {"reward": record.reward})
+            return
+        # a seed, or a promotion measured at a higher fidelity: an evaluated point all the same
+        try:
+            params = self.space.to_parameters(record.strategy)
+        except ValueError:
+            return
+        self._searcher.add_evaluated_point(
+            params, record.reward, error=not math.isfinite(record.reward)
+        )

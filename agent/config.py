@@ -105,6 +105,10 @@ class SearchConfig:
     """Per-candidate evaluation timeout (the candidate is recorded as failed)."""
     probes: bool = True
     """PPO: measure the per-(unit, choice) cost table first (cached per setup)."""
+    seeds: bool = True
+    """Measure the hand pipeline's uniform strategies (`agent.baselines.uniform_seeds`) before
+    the agent's first proposal; they count against ``budget`` and take at most half of it."""
+    """PPO: measure the per-(unit, choice) cost table first (cached per setup)."""
     log_model: bool = True
     """Log the best candidate's model to MLflow at the end."""
     ppo: PPOSettings = field(default_factory=PPOSettings)

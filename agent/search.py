@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.base import Agent, Proposal
+from agent.baselines import uniform_seeds
 from agent.config import SearchConfig, eval_spec
 from agent.factories import make_agent, make_executor, restore_agent, uses_ray_executor
 from agent.fidelity import Calibration, Schedule, estimate, promotions, to_confirm
@@ -249,6 +250,9 @@ def _run(
         }
         proposed = {r.strategy.key() for r in records}
         """Distinct strategies the agent proposed (``budget`` counts these, not promotions)."""
+        seeds = uniform_seeds(space)[: config.budget // 2] if config.seeds else []
+        """The hand pipeline's strategies, measured before the agent's first proposal (at most
+        half the budget; on resume those already proposed are skipped)."""
         in_flight: dict[tuple[str, str], Proposal] = {}
         lookahead = executor.slots + 1
         stall = 0
@@ -313,6 +317,11 @@ def _run(
             if due:
                 strategy, level = due[0]
                 return strategy, level, Proposal(strategy, {"origin": "promoted"})
+            while seeds and proposals_open():
+                seed = seeds.pop(0)
+                if seed.key() not in proposed:
+                    proposed.add(seed.key())
+                    return seed, schedule.first, Proposal(seed, {"origin": "seed"})
             while proposals_open():
                 with timer.time("agent"):
                     proposal = agent.ask()

@@ -125,6 +125,11 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--timeout", type=float, help="per-candidate timeout in seconds (300)")
     p.add_argument("--no-probes", action="store_true", help="ppo: skip the measured cost table")
+    p.add_argument(
+        "--no-seeds",
+        action="store_true",
+        help="do not measure the hand pipeline's uniform strategies before the agent proposes",
+    )
     p.add_argument("--no-log-model", action="store_true", help="do not log the best model")
     p.add_argument("--json", action="store_true", help="print the summary as JSON only")
     p.set_defaults(func=run)
@@ -248,6 +253,7 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
         measure=args.measure,
         timeout_s=args.timeout,
         probes=False if args.no_probes else None,
+        seeds=False if args.no_seeds else None,
         log_model=False if args.no_log_model else None,
     )
 

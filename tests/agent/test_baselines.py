@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.baselines import RandomAgent, TPEAgent, UniformAgent, uniform_grid
+from agent.baselines import RandomAgent, TPEAgent, UniformAgent, uniform_grid, uniform_seeds
 from agent.records import CandidateRecord
 from runners.job import Outcome
 from search_spaces import canonicalize, discover_units, resolve
@@ -99,3 +99,31 @@ def test_tpe_restored_from_records_continues_where_it_left_off(space: DecisionSp
             scores.append(int8_units(p.strategy))
             agent_.tell(record(30 + i, p, scores[-1]))
     assert np.mean(resumed_scores) > np.mean(cold_scores)  # it learned from the restored points
+
+
+def test_uniform_seeds_are_the_hand_pipeline_one_setting_everywhere(space: DecisionSpace) -> None:
+    seeds = uniform_seeds(space)
+    grid = {s.key() for s in uniform_grid(space)}
+    assert seeds and len({s.key() for s in seeds}) == len(seeds)
+    assert all(s.key() in grid and not s.is_identity for s in seeds)
+    assert not any(a.get("skip") for s in seeds for a in s.units.values())  # no unit removed
+    precisions = [{a.get("precision", "fp32") for a in s.units.values()} for s in seeds]
+    assert precisions[0] == {"int8"} and set(seeds[0].units) == {
+        st.unit.name for st in space.steps if "precision" in st.options
+    }  # the collective value alone, everywhere
+    prunes = {v for s in seeds for a in s.units.values() if (v := a.get("prune"))}
+    assert prunes == set(space.values("prune")[1:])
+    # each prune level both quantized and not: the hand pipeline's "prune r, then int8"
+    for ratio in prunes:
+        with_prune = [p for s, p in zip(seeds, precisions, strict=True)
+                      if any(a.get("prune") == ratio for a in s.units.values())]  # fmt: skip
+        assert {"int8"} in with_prune and {"fp32"} in with_prune
+
+
+def test_tpe_learns_from_records_it_did_not_propose(space: DecisionSpace) -> None:
+    """A seed (or a promotion at a higher fidelity) is an evaluated point for TPE."""
+    agent = TPEAgent(space, seed=0, startup=10)
+    for i, seed in enumerate(uniform_seeds(space)):
+        outcome = Outcome(seed, "ok", {"accuracy_drop": 0.0, "speedup": 1.0})
+        agent.tell(CandidateRecord(i, outcome, float(i), "seed"))
+    assert len(agent._searcher._ot_study.trials) == len(uniform_seeds(space))

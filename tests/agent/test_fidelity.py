@@ -266,7 +266,8 @@ def test_time_budget_stops_proposals_in_time_to_confirm(
     fake.submit = timed  # type: ignore[method-assign]
     monkeypatch.setattr(search_module.time, "perf_counter", perf_counter)
     result = search_module.run_search(
-        config(tmp_path, workload_cache, budget=1000, time_budget=300.0, confirm=2)
+        # no seeds: here the uniform seeds reach full and leave no front to confirm
+        config(tmp_path, workload_cache, budget=1000, time_budget=300.0, confirm=2, seeds=False)
     )
     assert clock["now"] <= 300.0 + 20.0  # at most the measurement in flight runs over
     assert result.summary["candidates"] < 1000
@@ -300,3 +301,23 @@ def test_report_names_the_fidelity_of_every_figure(tmp_path: Path) -> None:
     assert "2 cheaper measurements (2 at none)" in text
     assert "| 1 | full | 98.60 | 0.40 |" in text
     assert "6.00x** (#1" in text  # the best is the full record, not the 9x estimate
+
+
+def test_the_hand_pipelines_seeds_come_first_and_count_against_the_budget(
+    tmp_path: Path, fake: FidelityExecutor, workload_cache: Path
+) -> None:
+    seeded = search_module.run_search(config(tmp_path, workload_cache, budget=12))
+    first_level = [r for r in seeded.records if r.fidelity == "none"]
+    origins = [r.extras.get("origin") for r in first_level]
+    n_seeds = origins.count("seed")
+    assert 0 < n_seeds <= 6 and origins[:n_seeds] == ["seed"] * n_seeds  # at most half
+    assert seeded.summary["candidates"] == 12  # seeds are proposals like any other
+    for record in first_level[:n_seeds]:  # one setting everywhere, nothing removed
+        settings = [tuple(sorted(a.items())) for a in record.strategy.units.values()]
+        assert not any(dict(s).get("skip") for s in settings)
+        assert len({dict(s).get("precision") for s in settings}) == 1
+
+    unseeded = search_module.run_search(
+        config(tmp_path, workload_cache, budget=12, seeds=False, out=tmp_path / "plain")
+    )
+    assert all(r.extras.get("origin") != "seed" for r in unseeded.records)
