@@ -276,3 +276,38 @@ def test_two_local_workers_evaluate_in_parallel_and_both_take_work(workload_cach
     assert {o.strategy.key() for o in outcomes} == {s.key() for s in strategies}
     assert len({o.worker for o in outcomes}) == 2
     assert all(o.result and o.result.info["timing_s"] > 0 for o in outcomes)
+
+
+def test_a_recovered_candidate_is_timed_beside_a_fresh_baseline(
+    workload_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With recovery the worker times the baseline again next to the candidate (export's
+    pairing); without it the setup's baseline serves, as measuring it would double the cost."""
+    from dataclasses import replace
+
+    import runners.evaluate as evaluate_module
+    from runners.executor import Evaluator
+    from runners.recovery import RecoveryConfig
+
+    recovered = replace(FAST, build=replace(FAST.build, recovery=RecoveryConfig(steps=1)))
+    spec = EvalSpec(workload="digits-resnet", cache_dir=workload_cache, eval=FAST)
+    evaluator = Evaluator(spec)
+    setup_baseline, _ = evaluator.setup()
+    baselines: list[Strategy] = []
+    measure = evaluate_module.measure
+
+    def counting(subject, strategy, config, workdir=None):
+        if strategy.is_identity:
+            baselines.append(strategy)
+        return measure(subject, strategy, config, workdir)
+
+    monkeypatch.setattr(evaluate_module, "measure", counting)
+    plain = Outcome.from_dict(evaluator.evaluate(SKIP.to_dict()))
+    assert plain.ok and baselines == []
+    assert plain.result.baseline_latency_ms == setup_baseline["latency"]["median_ms"]
+
+    evaluator.spec = replace(spec, eval=recovered)
+    paired = Outcome.from_dict(evaluator.evaluate(SKIP.to_dict()))
+    assert paired.ok, paired.error
+    assert len(baselines) == 1 and paired.result.info["paired_baseline"] is True
+    assert paired.result.baseline_accuracy == plain.result.baseline_accuracy
