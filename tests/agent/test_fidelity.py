@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from agent import search as search_module
 from agent.config import SearchConfig
 from agent.export import SearchSource, choose_candidate
-from agent.fidelity import PRIORS, Calibration, Schedule, promotions, to_confirm
+from agent.fidelity import PRIOR_SIGMA, PRIORS, Calibration, Schedule, promotions, to_confirm
 from agent.records import CandidateRecord
 from agent.report import load_records, write_report
 from envs.reward import RewardConfig, reward
@@ -154,6 +154,30 @@ def test_promotions_take_the_best_third_of_each_level_highest_level_first() -> N
     assert keys == [("unit0", "full"), ("unit1", "short")]  # unit0 is at short already
     busy = {(due[1][0].key(), "short")}
     assert [level for _, level in promotions(records, schedule, RewardConfig(), busy)] == ["full"]
+
+
+def test_promotion_is_optimistic_where_the_cheap_level_says_little() -> None:
+    """Without fine-tuning a 60-point drop may recover fully: with only the prior, a 10x
+    candidate that lost 60 points is promoted before a 2x one that lost 1, although its mean
+    estimate (what the record carries) is worse. Once the search's own pairs show that big cheap
+    drops stay big, the spread shrinks and the mild one wins."""
+    schedule = Schedule(("none", "full"), eta=2)
+    fast, mild = record(0, "fast", "none", 60.0, 10.0), record(1, "mild", "none", 1.0, 2.0)
+    calibration = Calibration.fit(schedule, [fast, mild])
+    assert calibration.deployed_drop("none", 60.0) > calibration.deployed_drop("none", 1.0) + 1
+    assert calibration.sigmas["none"] == pytest.approx(PRIOR_SIGMA["none"])
+    [(promoted, _)] = promotions([fast, mild], schedule, RewardConfig(), busy=set())
+    assert _unit(promoted) == "unitfast"
+
+    pairs = []  # the search learns: cheap d -> deployed d / 3, exactly
+    for i, d in enumerate([3.0, 10.0, 30.0, 60.0, 80.0, 90.0]):
+        pairs += [record(10 + 2 * i, f"p{i}", "none", d, 3.0),
+                  record(11 + 2 * i, f"p{i}", "full", d / 3, 3.0)]  # fmt: skip
+    learnt = Calibration.fit(schedule, pairs)
+    assert learnt.sigmas["none"] < PRIOR_SIGMA["none"] / 1.5
+    due = promotions([fast, mild, *pairs], schedule, RewardConfig(), busy=set())
+    assert ("unitmild", "full") in {(_unit(s), level) for s, level in due}
+    assert ("unitfast", "full") not in {(_unit(s), level) for s, level in due}
 
 
 def test_confirmation_takes_the_estimated_front_within_the_bound_fastest_first() -> None:
