@@ -214,3 +214,59 @@ def test_search_restores_them_when_it_fails(
     assert torch.get_num_threads() == before_threads
     state = json.loads((tmp_path / "search" / "search.json").read_text())
     assert state["status"] == "FAILED"
+
+
+def test_the_agent_trains_at_most_its_share_of_the_time_beside_local_workers(
+    tmp_path: Path, workload_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent that would train through every wait (PPO) gets THINK_SHARE of the wall time
+    while this machine's workers measure: its training slows theirs."""
+    from agent.baselines import RandomAgent
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(search_module.time, "perf_counter", lambda: clock["now"])
+
+    class SlowExecutor(ScriptedExecutor):
+        """Each outcome arrives 10 (fake) seconds after it was submitted."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self._waiting: list[tuple[float, Outcome]] = []
+
+        def submit(self, strategy, timeout_s=None, fidelity=None) -> None:
+            super().submit(strategy, timeout_s, fidelity)
+            self._waiting += [(clock["now"] + 10.0, o) for o in self._done]
+            self._done = []
+
+        def poll(self, timeout=None) -> list[Outcome]:
+            clock["now"] += timeout or 0.0
+            ready = [o for t, o in self._waiting if t <= clock["now"]]
+            self._waiting = [(t, o) for t, o in self._waiting if t > clock["now"]]
+            return ready
+
+        @property
+        def pending(self) -> int:
+            return len(self._waiting)
+
+    class Thinker(RandomAgent):
+        def think(self) -> None:
+            clock["now"] += 0.5
+
+    executor = SlowExecutor()
+    monkeypatch.setattr(search_module, "make_executor", lambda config, spec, placement: executor)
+    monkeypatch.setattr(search_module, "make_agent", lambda config, space, *a: Thinker(space, 0))
+    result = search_module.run_search(
+        SearchConfig(
+            agent="random",
+            budget=6,
+            out=tmp_path / "s",
+            log_model=False,
+            tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+            fidelities=("none",),
+            seeds=False,
+            cache_dir=workload_cache,
+        )
+    )
+    thought = result.timings["agent_overlapped"]
+    assert thought > 0  # it did train while waiting
+    assert thought <= search_module.THINK_SHARE * result.summary["wall_seconds"] + 0.5
