@@ -8,6 +8,7 @@ never imports TensorRT or initialises CUDA.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -15,6 +16,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 from torch import nn
+
+from envs.workloads.inputs import Inputs, to_feed
 
 
 class RuntimeUnavailableError(RuntimeError):
@@ -36,12 +39,13 @@ class Candidate:
 
     model: nn.Module
     """The transformed model, eval mode, on CPU."""
-    example_input: torch.Tensor
-    """One input with batch size 1 (export shapes; the batch axis is exported dynamic)."""
+    example_input: Inputs
+    """One input with batch size 1 (export shapes, dtypes and names; the batch axis is exported
+    dynamic): a tensor, tuple or dict of tensors (`envs.workloads.inputs`)."""
     precisions: dict[str, str] = field(default_factory=dict)
     """Module path -> precision (``"int8"``, ``"fp16"``) for every module not run in fp32.
     A path covers its submodules (``"layer1.0"`` covers ``"layer1.0.conv1"``)."""
-    calibration: torch.Tensor | None = None
+    calibration: Inputs | None = None
     """Inputs for static-quantization calibration (required when any precision is int8)."""
     notes: dict[str, object] = field(default_factory=dict)
     """Facts of the build recorded with the measurement (e.g. controller training)."""
@@ -65,8 +69,11 @@ class Compiled(Protocol):
     info: dict[str, object]
     """Facts a reader needs to trust a measurement: threads, provider, library versions."""
 
-    def run(self, inputs: np.ndarray) -> np.ndarray:
-        """Run a batch (any batch size) and return the first output as float32."""
+    def run(self, inputs: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
+        """Run a batch (any batch size) and return the first output as float32.
+
+        ``inputs``: one array for a single-tensor model, else arrays by input name
+        (`envs.workloads.inputs.to_feed`)."""
         ...
 
 
@@ -85,6 +92,14 @@ class Runtime(Protocol):
     def compile(self, candidate: Candidate, workdir: Path) -> Compiled:
         """Export/quantize/build ``candidate`` (files under ``workdir``) and return it ready."""
         ...
+
+
+def runtime_inputs(x: Inputs) -> np.ndarray | dict[str, np.ndarray]:
+    """What ``Compiled.run`` takes for ``x``: one float32 array for a floating single tensor (as
+    runtimes have always been fed), else arrays by input name in their own dtypes."""
+    if isinstance(x, torch.Tensor) and x.is_floating_point():
+        return np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+    return to_feed(x)
 
 
 def covered_by(module_path: str, prefixes: dict[str, str] | set[str] | list[str]) -> str | None:

@@ -111,7 +111,7 @@ def build_candidate(
     notes: dict[str, object] = dict(after_build(model, train.inputs, config, recover))
     if recover:
         notes["recovery"] = asdict(distill(model, subject.model, train, config.recovery))
-    calibration = train.inputs[: config.calibration_samples]
+    calibration = train.head(config.calibration_samples).inputs
     return Candidate(
         model=model,
         example_input=subject.workload.example_input,

@@ -24,6 +24,7 @@ from runners.base import (
     RuntimeUnavailableError,
     check_precisions,
     covered_by,
+    runtime_inputs,
 )
 from runners.build import BuildConfig, Subject, build_candidate
 from runners.latency import LatencyConfig, LatencyStats, measure_compiled, measure_over_inputs
@@ -94,7 +95,10 @@ def measure_candidate(
     runtime = get_runtime(config.runtime, threads=config.threads)
     compiled = runtime.compile(candidate, workdir)
     outputs = np.concatenate(
-        [compiled.run(x.numpy()) for x, _ in subject.workload.eval.batches(config.eval_batch_size)]
+        [
+            compiled.run(runtime_inputs(x))
+            for x, _ in subject.workload.eval.batches(config.eval_batch_size)
+        ]
     )
     if not np.isfinite(outputs).all():
         raise EvaluationError(f"strategy {label} gives NaN/inf outputs")
@@ -108,7 +112,7 @@ def measure_candidate(
         with exclusive_measurement() as lock_wait:
             start = time.perf_counter()
             if candidate.input_dependent:
-                samples = subject.workload.eval.inputs[: config.latency.inputs]
+                samples = subject.workload.eval.head(config.latency.inputs).inputs
                 latency = measure_over_inputs(compiled, samples, config.latency)
             else:
                 latency = measure_compiled(compiled, candidate.example_input, config.latency)

@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    import torch
+from envs.workloads.inputs import Inputs, batch_size, detach, repeat, take
 
+if TYPE_CHECKING:
     from runners.base import Compiled
 
 
@@ -258,27 +258,28 @@ def measure_latency(
 
 
 def measure_compiled(
-    compiled: Compiled, example_input: torch.Tensor, config: LatencyConfig | None = None
+    compiled: Compiled, example_input: Inputs, config: LatencyConfig | None = None
 ) -> LatencyStats:
     """Time ``compiled.run`` on a batch of ``config.batch_size`` copies of ``example_input``.
 
-    The batch is built once, as a contiguous float32 array, so only the runtime is timed.
+    The batch is built once, as contiguous arrays in the inputs' own dtypes, so only the
+    runtime is timed.
 
     Args:
         compiled: A compiled candidate (any runtime).
-        example_input: A batch-1 input; its first sample is repeated along the batch axis.
+        example_input: A batch-1 input (tensor, tuple or dict of tensors); its first sample is
+            repeated along the batch axis.
         config: The protocol; defaults to ``LatencyConfig()``.
     """
+    from runners.base import runtime_inputs
+
     config = config or LatencyConfig()
-    sample = example_input.detach().cpu()[:1].float()
-    batch = np.ascontiguousarray(
-        sample.repeat(config.batch_size, *([1] * (sample.dim() - 1))).numpy(), dtype=np.float32
-    )
+    batch = runtime_inputs(repeat(detach(example_input), config.batch_size))
     return measure_latency(lambda: compiled.run(batch), config)
 
 
 def measure_over_inputs(
-    compiled: Compiled, inputs: torch.Tensor, config: LatencyConfig | None = None
+    compiled: Compiled, inputs: Inputs, config: LatencyConfig | None = None
 ) -> LatencyStats:
     """Time ``compiled.run`` rotating over real inputs, for models whose cost depends on them.
 
@@ -286,15 +287,15 @@ def measure_over_inputs(
     is timed about equally often under the same protocol; the result adds each input's median
     summarised over the inputs (mean, median, p90). Speedups use the mean (``expected_ms``).
     """
+    from runners.base import runtime_inputs
+
     config = config or LatencyConfig()
-    samples = inputs.detach().cpu().float()
-    if samples.shape[0] < 1:
+    samples = detach(inputs)
+    n = batch_size(samples)
+    if n < 1:
         raise ValueError("measure_over_inputs needs at least one input")
     batches = [
-        np.ascontiguousarray(
-            s.unsqueeze(0).repeat(config.batch_size, *([1] * s.dim())).numpy(), dtype=np.float32
-        )
-        for s in samples
+        runtime_inputs(repeat(take(samples, slice(i, i + 1)), config.batch_size)) for i in range(n)
     ]
     order: list[int] = []
 

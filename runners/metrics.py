@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from envs.workloads.inputs import Inputs, call, take
+
 
 def _flop_counter() -> Any:
     from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
@@ -31,7 +33,7 @@ def _flop_counter() -> Any:
     return FlopCounterMode(display=False, depth=None, custom_mapping=mapping)  # type: ignore[arg-type]
 
 
-def _run_counted(model: nn.Module, example_input: torch.Tensor) -> Any:
+def _run_counted(model: nn.Module, example_input: Inputs) -> Any:
     counter = _flop_counter()
     # The fused nn.TransformerEncoderLayer / MultiheadAttention fast path runs as one opaque op
     # that the counter would miss; the regular path runs the same matmuls, countably.
@@ -39,23 +41,24 @@ def _run_counted(model: nn.Module, example_input: torch.Tensor) -> Any:
     torch.backends.mha.set_fastpath_enabled(False)
     try:
         with torch.no_grad(), counter:
-            model(example_input[:1])
+            call(model, take(example_input, slice(0, 1)))
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
     return counter
 
 
-def count_flops(model: nn.Module, example_input: torch.Tensor) -> int:
+def count_flops(model: nn.Module, example_input: Inputs) -> int:
     """FLOPs of one batch-1 forward (2 × MACs of convs/matmuls/attention; no elementwise ops).
 
     Args:
         model: The model (eval mode, so BatchNorm/dropout behave as deployed).
-        example_input: An input; only its first sample is run.
+        example_input: An input (tensor, tuple or dict of tensors); only its first sample is
+            run.
     """
     return int(_run_counted(model, example_input).get_total_flops())
 
 
-def flops_by_module(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
+def flops_by_module(model: nn.Module, example_input: Inputs) -> dict[str, int]:
     """FLOPs of one batch-1 forward per module path, each *inclusive* of its submodules.
 
     ``""`` is the whole model. Only modules that did counted work appear. To weight work by

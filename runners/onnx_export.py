@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from envs.workloads.inputs import Inputs, export_args, input_names
 from runners.base import Candidate, UnsupportedPrecisionError, check_precisions
 from runners.precision_map import check_entries_match
 from runners.quantize import (
@@ -40,10 +41,11 @@ from search_spaces.errors import PrecisionNotExportableError
 OPSET = 17
 """ONNX opset of every export (LayerNormalization needs 17)."""
 INPUT_NAME = "input"
+"""The graph input of a single-tensor model (tuples: ``input_0..``; dicts: their keys)."""
 OUTPUT_NAME = "output"
 
 
-def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path) -> Path:
+def export_onnx(model: nn.Module, example_input: Inputs, path: Path) -> Path:
     """Export ``model`` to ONNX with a dynamic batch axis, nodes named by module path.
 
     Uses the TorchScript exporter (``dynamo=False``) because it scopes node names by module
@@ -53,7 +55,9 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path) -> Pa
 
     Args:
         model: An eval-mode model on CPU.
-        example_input: A batch-1 input; the batch axis is exported as ``"batch"``.
+        example_input: A batch-1 input (tensor, tuple or dict of tensors, any dtype); each
+            tensor becomes a graph input named by :func:`envs.workloads.inputs.input_names`,
+            its batch axis exported as ``"batch"``.
         path: Where to write the ``.onnx`` file (parents are created).
 
     Returns:
@@ -64,6 +68,8 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path) -> Pa
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    args, kwargs = export_args(example_input)
+    names = input_names(example_input)
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
@@ -75,13 +81,14 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path) -> Pa
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"torch\.")
             torch.onnx.export(
                 model,
-                (example_input.detach().cpu(),),
+                args,
                 str(path),
+                kwargs=kwargs,
                 dynamo=False,
                 opset_version=OPSET,
-                input_names=[INPUT_NAME],
+                input_names=names,
                 output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                dynamic_axes={**{n: {0: "batch"} for n in names}, OUTPUT_NAME: {0: "batch"}},
             )
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)

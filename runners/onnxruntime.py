@@ -9,6 +9,7 @@ the precisions of :mod:`runners.quantize`) and open a session on the file it wri
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 
 from runners.base import Candidate, RuntimeUnavailableError
 from runners.latency import cpu_model
-from runners.onnx_export import INPUT_NAME, OUTPUT_NAME, build_onnx, onnx_size_bytes
+from runners.onnx_export import OUTPUT_NAME, build_onnx, onnx_size_bytes
 from runners.quantize import ORT_CPU_INT8, Int8Scheme, ort_cpu_int8
 
 
@@ -35,10 +36,54 @@ class OrtCompiled:
     session: Any = field(repr=False)
     """The ``onnxruntime.InferenceSession``."""
 
-    def run(self, inputs: np.ndarray) -> np.ndarray:
-        """Run one batch (any batch size) and return the output as float32."""
-        feed = {INPUT_NAME: np.ascontiguousarray(inputs, dtype=np.float32)}
+    def run(self, inputs: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
+        """Run one batch (any batch size) and return the output as float32.
+
+        ``inputs`` is one array (a single-input model) or arrays by input name
+        (`envs.workloads.inputs.to_feed`); each is cast to the dtype its graph input declares.
+        """
+        feed = session_feed(self.session, inputs)
         return np.asarray(self.session.run([OUTPUT_NAME], feed)[0], dtype=np.float32)
+
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def session_feed(session: Any, inputs: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """The feed of an ORT ``session``: each graph input's array, contiguous, in its dtype.
+
+    Inputs the exporter dropped (unused by the model) are left out.
+
+    Raises:
+        ValueError: A graph input has no array (the message names it).
+    """
+    graph_inputs = session.get_inputs()
+    if isinstance(inputs, np.ndarray):
+        if len(graph_inputs) != 1:
+            raise ValueError(
+                f"the model has inputs {[i.name for i in graph_inputs]}; feed arrays by name"
+            )
+        inputs = {graph_inputs[0].name: inputs}
+    feed: dict[str, Any] = {}
+    for graph_input in graph_inputs:
+        if graph_input.name not in inputs:
+            raise ValueError(
+                f"input {graph_input.name!r} of the ONNX graph has no array in the feed "
+                f"(it has {list(inputs)})"
+            )
+        dtype = _ORT_TYPES.get(graph_input.type)
+        feed[graph_input.name] = np.ascontiguousarray(inputs[graph_input.name], dtype=dtype)
+    return feed
 
 
 def _open_session(path: Path, threads: int, providers: list[Any]) -> Any:

@@ -16,17 +16,19 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
+from envs.workloads.inputs import Inputs, to_feed
 from runners.precision_map import module_of_onnx_node
 
 _SUFFIX = "_kernel_time"
 
 
-def node_times(onnx_path: Path, example_input: torch.Tensor, runs: int = 50) -> Counter[str]:
+def node_times(onnx_path: Path, example_input: Inputs, runs: int = 50) -> Counter[str]:
     """Kernel microseconds per ONNX node over ``runs`` batch-1 runs (median run × runs)."""
     import onnxruntime as ort
+
+    from runners.onnxruntime import session_feed
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -36,7 +38,7 @@ def node_times(onnx_path: Path, example_input: torch.Tensor, runs: int = 50) -> 
     with tempfile.TemporaryDirectory(prefix="layerpilot-prof-") as tmp:
         options.profile_file_prefix = str(Path(tmp) / "ort")
         session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        feed = {session.get_inputs()[0].name: np.ascontiguousarray(example_input.numpy())}
+        feed = session_feed(session, to_feed(example_input))
         for _ in range(runs):
             session.run(None, feed)
         events = json.loads(Path(session.end_profiling()).read_text())
@@ -51,7 +53,7 @@ def node_times(onnx_path: Path, example_input: torch.Tensor, runs: int = 50) -> 
 
 
 def latency_shares(
-    model: nn.Module, example_input: torch.Tensor, unit_names: list[str], runs: int = 50
+    model: nn.Module, example_input: Inputs, unit_names: list[str], runs: int = 50
 ) -> dict[str, float]:
     """Share of measured kernel time spent inside each unit (blocks include their layers)."""
     from runners.onnx_export import export_onnx

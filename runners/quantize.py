@@ -15,11 +15,19 @@ import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
+from envs.workloads.inputs import (
+    SINGLE_NAME,
+    Inputs,
+    batch_size,
+    check_like,
+    named,
+    take,
+    to_feed,
+)
 from runners.base import Candidate
 from runners.precision_map import PrecisionMappingError, int8_node_names, nodes_covered
 
@@ -106,25 +114,26 @@ def check_calibration(candidate: Candidate) -> None:
         return
     calibration = candidate.calibration
     int8 = sorted(m for m, p in candidate.precisions.items() if p == "int8")
-    sample_shape = tuple(candidate.example_input.shape[1:])
-    if calibration is None or len(calibration) == 0:
+    shapes = ", ".join(
+        f"{'' if name == SINGLE_NAME else name + ' '}(N, {', '.join(map(str, t.shape[1:]))})"
+        for name, t in named(candidate.example_input)
+    )
+    if calibration is None or batch_size(calibration) == 0:
         raise MissingCalibrationError(
             f"int8 for {int8} needs calibration inputs: set Candidate.calibration to a batch of "
-            f"representative inputs shaped (N, {', '.join(map(str, sample_shape))}), e.g. a "
-            f"hundred training samples."
+            f"representative inputs shaped {shapes}, e.g. a hundred training samples."
         )
-    if tuple(calibration.shape[1:]) != sample_shape:
-        raise MissingCalibrationError(
-            f"calibration inputs have shape {tuple(calibration.shape)}, but each sample must be "
-            f"shaped like the example input's {sample_shape}"
-        )
+    try:
+        check_like(calibration, candidate.example_input, "calibration inputs")
+    except (TypeError, ValueError) as exc:
+        raise MissingCalibrationError(str(exc)) from exc
 
 
 def quantize_onnx(
     source: Path,
     target: Path,
     precisions: Mapping[str, str],
-    calibration: torch.Tensor,
+    calibration: Inputs,
     scheme: Int8Scheme = ORT_CPU_INT8,
 ) -> tuple[Path, tuple[str, ...]]:
     """Static QDQ int8 quantization of the nodes covered by ``"int8"`` entries of ``precisions``.
@@ -135,7 +144,7 @@ def quantize_onnx(
     the pre-processed graph, so it holds only names that exist there (the optimisation keeps the
     exporter's names but constant-folds some nodes away). Weights are per-channel symmetric int8,
     activations as ``scheme`` says, calibrated by min/max over ``calibration`` (fed to the
-    graph's one input).
+    graph's inputs by name, each in the dtype the graph declares).
 
     Returns:
         ``target`` and the names of the nodes that now run in int8.
@@ -167,14 +176,22 @@ def quantize_onnx(
             f"no node left to quantize for int8 entries "
             f"{sorted(m for m, p in precisions.items() if p == 'int8')} after pre-processing"
         )
-    input_name = _single_input(graph)
+    dtypes = _graph_inputs(graph)
+    n = batch_size(calibration)
+
+    def feed(start: int) -> dict[str, np.ndarray]:
+        arrays = to_feed(take(calibration, slice(start, start + CALIBRATION_BATCH)))
+        if len(dtypes) == 1 and len(arrays) == 1:  # a single input, whatever the graph calls it
+            arrays = {next(iter(dtypes)): next(iter(arrays.values()))}
+        missing = [name for name in dtypes if name not in arrays]
+        if missing:
+            raise ValueError(f"input {missing[0]!r} of the graph has no calibration data")
+        return {name: np.ascontiguousarray(arrays[name], dtype=dt) for name, dt in dtypes.items()}
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            data = np.ascontiguousarray(calibration.detach().cpu().float().numpy())
             self._batches: Iterator[dict[str, np.ndarray]] = iter(
-                {input_name: data[i : i + CALIBRATION_BATCH]}
-                for i in range(0, len(data), CALIBRATION_BATCH)
+                feed(i) for i in range(0, n, CALIBRATION_BATCH)
             )
 
         def get_next(self) -> dict[str, np.ndarray] | None:
@@ -199,16 +216,16 @@ def quantize_onnx(
     return target, tuple(int8_node_names(onnx.load(str(target)), include))
 
 
-def _single_input(graph: onnx.GraphProto) -> str:
-    """The name of the graph's one runtime input (initializers listed as inputs do not count)."""
+def _graph_inputs(graph: onnx.GraphProto) -> dict[str, np.dtype[Any]]:
+    """The graph's runtime inputs (initializers listed as inputs do not count) and dtypes."""
+    from onnx.helper import tensor_dtype_to_np_dtype
+
     weights = {t.name for t in graph.initializer}
-    inputs = [i.name for i in graph.input if i.name not in weights]
-    if len(inputs) != 1:
-        raise ValueError(
-            f"int8 calibration feeds a graph with exactly one input, but this graph has "
-            f"{inputs}; export the model with a single tensor input"
-        )
-    return inputs[0]
+    return {
+        i.name: tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
+        for i in graph.input
+        if i.name not in weights
+    }
 
 
 @contextlib.contextmanager

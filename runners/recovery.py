@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from envs.workloads.base import DataSplit
+from envs.workloads.inputs import Inputs, call, take
+from envs.workloads.inputs import batch_size as batch_of
 from envs.workloads.training import random_shift
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -30,7 +32,7 @@ _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 @torch.no_grad()
 def reestimate_batchnorm(
-    model: nn.Module, inputs: torch.Tensor, *, batch_size: int = 64, max_batches: int = 16
+    model: nn.Module, inputs: Inputs, *, batch_size: int = 64, max_batches: int = 16
 ) -> int:
     """Recompute every BatchNorm's running mean/var from ``inputs``; return batches used.
 
@@ -38,7 +40,8 @@ def reestimate_batchnorm(
     restores each layer's momentum and puts the model back in eval mode. No weights change.
     """
     norms = [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats]
-    if not norms or len(inputs) == 0:
+    n = batch_of(inputs)
+    if not norms or n == 0:
         return 0
     momenta = [m.momentum for m in norms]
     for m in norms:
@@ -47,8 +50,8 @@ def reestimate_batchnorm(
     model.train()
     used = 0
     try:
-        for start in range(0, min(len(inputs), batch_size * max_batches), batch_size):
-            model(inputs[start : start + batch_size])
+        for start in range(0, min(n, batch_size * max_batches), batch_size):
+            call(model, take(inputs, slice(start, start + batch_size)))
             used += 1
     finally:
         for m, momentum in zip(norms, momenta, strict=True):
@@ -168,7 +171,7 @@ def distill(
     fixed_targets = None
     if config.max_shift == 0:
         with torch.no_grad():
-            fixed_targets = torch.cat([teacher(x) for x, _ in train.batches(256)])
+            fixed_targets = torch.cat([call(teacher, x) for x, _ in train.batches(256)])
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
         params, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
@@ -180,7 +183,7 @@ def distill(
         student.train()
         try:
             for step, (x, y, soft) in enumerate(_batches(train, teacher, fixed_targets, config)):
-                loss = _kd_loss(student(x), soft, y, config)
+                loss = _kd_loss(call(student, x), soft, y, config)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"distillation diverged at step {step + 1}/{config.steps} "
@@ -207,8 +210,11 @@ def _batches(
     teacher: nn.Module,
     fixed_targets: torch.Tensor | None,
     config: RecoveryConfig,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """``config.steps`` (inputs, labels, teacher scores) batches, reshuffled every pass."""
+) -> Iterator[tuple[Inputs, torch.Tensor, torch.Tensor]]:
+    """``config.steps`` (inputs, labels, teacher scores) batches, reshuffled every pass.
+
+    The random shift augments a single floating tensor only (token ids or a tuple/dict of
+    inputs have no spatial axes to shift)."""
     generator = torch.Generator().manual_seed(config.seed)
     size = min(config.batch_size, len(train))
     order, cursor = torch.randperm(len(train), generator=generator), 0
@@ -217,12 +223,14 @@ def _batches(
             order, cursor = torch.randperm(len(train), generator=generator), 0
         idx = order[cursor : cursor + size]
         cursor += size
-        x = random_shift(train.inputs[idx], config.max_shift, generator)
+        x = take(train.inputs, idx)
+        if isinstance(x, torch.Tensor) and x.is_floating_point():
+            x = random_shift(x, config.max_shift, generator)
         if fixed_targets is not None:
             soft = fixed_targets[idx]
         else:
             with torch.no_grad():  # never yield inside: grad mode is global, not per frame
-                soft = teacher(x)
+                soft = call(teacher, x)
         yield x, train.targets[idx], soft
 
 

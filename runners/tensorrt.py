@@ -9,6 +9,7 @@ run on a dedicated torch stream. ``tensorrt`` and CUDA are touched only inside m
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from envs.workloads.inputs import input_names
 from runners.base import Candidate, RuntimeUnavailableError
 from runners.onnx_export import INPUT_NAME, OUTPUT_NAME, build_onnx, onnx_size_bytes
 from runners.quantize import TENSORRT_INT8
@@ -41,9 +43,12 @@ class TensorRTCompiled:
     stream: Any = field(repr=False)
     """The ``torch.cuda.Stream`` every copy and launch runs on."""
 
-    def run(self, inputs: np.ndarray) -> np.ndarray:
+    def run(self, inputs: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
         """Copy the batch to the GPU, execute, copy the output back as float32 (synchronous)."""
         import tensorrt as trt
+
+        if not isinstance(inputs, np.ndarray):
+            (inputs,) = inputs.values()  # compile admits single-tensor models only
 
         with torch.cuda.stream(self.stream):
             x = torch.from_numpy(np.ascontiguousarray(inputs)).to("cuda")
@@ -109,6 +114,11 @@ class TensorRT:
         """Build the ONNX (with Q/DQ and fp16 casts), then a strongly typed engine from it."""
         if (reason := self.unavailable_reason()) is not None:
             raise RuntimeUnavailableError(f"{self.name}: {reason}")
+        if not isinstance(candidate.example_input, torch.Tensor):
+            raise TypeError(
+                f"{self.name} runs models with one tensor input; this one takes "
+                f"{input_names(candidate.example_input)} (use onnxruntime-cpu/-cuda)"
+            )
         import tensorrt as trt
 
         workdir = Path(workdir)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from envs.workloads.inputs import Inputs, call, from_feed, to
 from runners.base import Candidate, RuntimeUnavailableError, check_precisions, covered_by
 from runners.latency import cpu_model
 
@@ -76,16 +78,28 @@ class TorchCompiled:
     device: str = "cpu"
     threads: int | None = None
     """Intra-op threads while running (set and restored around each run), or torch's default."""
+    example_input: Inputs | None = field(default=None, repr=False)
+    """The candidate's example input: the structure arrays fed by name are put back into."""
 
-    def run(self, inputs: np.ndarray) -> np.ndarray:
-        """Run one batch and return the first output as float32 (synchronises the device)."""
-        x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(self.device)
+    def run(self, inputs: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
+        """Run one batch and return the first output as float32 (synchronises the device).
+
+        One array (a single-tensor model) is run as float32; arrays by input name are called
+        in the example input's structure (``model(*x)``, ``model(**x)``), dtypes kept."""
+        x: Inputs
+        if isinstance(inputs, np.ndarray):
+            x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
+        elif self.example_input is None:
+            raise ValueError("TorchCompiled fed by name needs its candidate's example_input")
+        else:
+            x = from_feed(self.example_input, inputs)
+        x = to(x, self.device)
         previous = torch.get_num_threads()
         if self.threads is not None and self.threads != previous:
             torch.set_num_threads(self.threads)
         try:
             with torch.inference_mode():
-                out = self.model(x)
+                out = call(self.model, x)
         finally:
             if torch.get_num_threads() != previous:
                 torch.set_num_threads(previous)
@@ -156,4 +170,5 @@ class TorchEager:
             model=model,
             device=self.device,
             threads=self.threads,
+            example_input=candidate.example_input,
         )

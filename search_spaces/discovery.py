@@ -11,7 +11,7 @@ import copy
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -20,8 +20,11 @@ from search_spaces.actions import annotate  # the registry decides allowed/maske
 from search_spaces.canonical import Attention
 from search_spaces.units import LAYER_TYPES, RESIDUAL_TYPES, Unit, UnitTable
 
+if TYPE_CHECKING:
+    from envs.workloads.inputs import Inputs  # search_spaces sits below envs: types only
 
-def discover_units(model: nn.Module, example_input: torch.Tensor) -> UnitTable:
+
+def discover_units(model: nn.Module, example_input: Inputs) -> UnitTable:
     """Find the decision units of a (canonicalised) model, in execution order.
 
     Never raises for an unusual model: what cannot be analysed is masked with a reason.
@@ -120,7 +123,7 @@ class _Trace:
     model_output_shape: tuple[int, ...] = ()
 
 
-def _trace_calls(model: nn.Module, example_input: torch.Tensor) -> _Trace:
+def _trace_calls(model: nn.Module, example_input: Inputs) -> _Trace:
     trace = _Trace()
     handles = []
 
@@ -150,7 +153,7 @@ def _trace_calls(model: nn.Module, example_input: torch.Tensor) -> _Trace:
             handles.append(mod.register_forward_hook(post(name)))
     try:
         with torch.no_grad():
-            out = model(example_input)
+            out = _forward(model, example_input)
     finally:
         for h in handles:
             h.remove()
@@ -205,14 +208,14 @@ def _out_channels_fn(mod: nn.Module) -> Any:
     )
 
 
-def _build_graph(model: nn.Module, example_input: torch.Tensor) -> Any:
+def _build_graph(model: nn.Module, example_input: Inputs) -> Any:
     import torch_pruning as tp
 
     return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
 
 
 def _assign_prune_groups(
-    model: nn.Module, example_input: torch.Tensor, units: Sequence[Unit], trace: _Trace
+    model: nn.Module, example_input: Inputs, units: Sequence[Unit], trace: _Trace
 ) -> list[Unit]:
     """Group coupled layers with torch-pruning and trial-prune each group's representative."""
     layer_units = [u for u in units if u.kind in ("conv", "linear") and u.prune_reason is None]
@@ -262,7 +265,7 @@ def _assign_prune_groups(
 
 
 def _trial_prune(
-    model: nn.Module, example_input: torch.Tensor, name: str, output_shape: tuple[int, ...]
+    model: nn.Module, example_input: Inputs, name: str, output_shape: tuple[int, ...]
 ) -> str | None:
     """Remove one channel of ``name``'s group on a copy; why that fails, or ``None``."""
     trial = copy.deepcopy(model)
@@ -274,7 +277,7 @@ def _trial_prune(
             return "too few channels to prune"
         group.prune()
         with torch.no_grad():
-            out = trial(example_input)
+            out = _forward(trial, example_input)
     except Exception as exc:
         return f"removing a channel breaks the model ({type(exc).__name__}: {exc!s:.100})"
     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else ()
@@ -284,3 +287,14 @@ def _trial_prune(
             f"{list(output_shape)} → {list(shape)}"
         )
     return None
+
+
+def _forward(model: nn.Module, x: Inputs) -> Any:
+    """``model(x)``, ``model(*x)`` or ``model(**x)``: the rule of
+    ``envs.workloads.inputs.call`` (and of torch-pruning's tracer), kept here because
+    ``search_spaces`` sits below ``envs``."""
+    if isinstance(x, torch.Tensor):
+        return model(x)
+    if isinstance(x, tuple | list):
+        return model(*x)
+    return model(**x)

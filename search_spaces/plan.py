@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import nn
 
 from search_spaces.actions import BuildContext, get_action, handlers
 from search_spaces.errors import ActionNotAllowedError, InvalidActionValueError
 from search_spaces.strategy import DEFAULT_KEY, Strategy
 from search_spaces.units import UnitTable
+
+if TYPE_CHECKING:
+    from envs.workloads.inputs import Inputs  # search_spaces sits below envs: types only
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ def _parse(unit_name: str, action: str, value: Any) -> Any:
 
 
 def apply_plan(
-    model: nn.Module, units: UnitTable, plan: Plan, example_input: torch.Tensor
+    model: nn.Module, units: UnitTable, plan: Plan, example_input: Inputs
 ) -> tuple[nn.Module, dict[str, str]]:
     """A transformed copy of ``model`` and its per-module precisions. ``model`` is untouched.
 

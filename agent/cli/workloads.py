@@ -22,6 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from envs.workloads import BUILTINS, get_workload, list_workloads
+    from envs.workloads.inputs import input_shape
     from runners.build import Subject
     from runners.evaluate import EvalConfig, measure
     from runners.latency import LatencyConfig
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         wl = get_workload(name, cache_dir=args.cache_dir, progress=stderr_progress(not args.json))
         row |= {
-            "input_shape": list(wl.example_input.shape),
+            "input_shape": input_shape(wl.example_input),
             "train_samples": len(wl.train),
             "eval_samples": len(wl.eval),
         }

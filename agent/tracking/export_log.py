@@ -22,6 +22,7 @@ from agent.tracking.writer import Tracker
 if TYPE_CHECKING:
     import torch
 
+    from envs.workloads.inputs import Inputs
     from runners.export import ExportedModel
 
 
@@ -32,7 +33,7 @@ def log_export(
     parent_run_id: str | None = None,
     experiment: str = "layerpilot",
     register: str | None = None,
-    example_input: torch.Tensor | None = None,
+    example_input: Inputs | None = None,
     torch_model: torch.nn.Module | None = None,
 ) -> dict[str, str]:
     """Log an export as its own run (nested under the search's parent run when known).

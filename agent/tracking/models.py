@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     import torch
     from mlflow import MlflowClient
 
+    from envs.workloads.inputs import Inputs
+
 logger = logging.getLogger(__name__)
 
 Serialization = Literal["pt2", "pickle", "onnx"]
@@ -61,7 +63,7 @@ def log_torch_model(
     tracking_uri: str,
     run_id: str,
     model: torch.nn.Module,
-    example_input: torch.Tensor | None,
+    example_input: Inputs | None,
     *,
     register: str | None = None,
 ) -> ModelLog:
@@ -125,7 +127,7 @@ def log_onnx_model(
     tracking_uri: str,
     run_id: str,
     onnx_file: Path,
-    example_input: torch.Tensor | None,
+    example_input: Inputs | None,
     *,
     register: str | None = None,
 ) -> ModelLog:
@@ -198,8 +200,12 @@ def _finalized(client: MlflowClient, model_id: str) -> Iterator[None]:
     client.finalize_logged_model(model_id, "READY")
 
 
-def _example_rows(example_input: torch.Tensor | None) -> np.ndarray | None:
-    if example_input is None:
+def _example_rows(example_input: Inputs | None) -> np.ndarray | None:
+    import torch
+
+    # MLflow's signature of a tuple/dict of inputs would not round-trip the call structure;
+    # such models are logged without an input example (they still load and run).
+    if not isinstance(example_input, torch.Tensor):
         return None
     x = example_input.detach().cpu().numpy()
     return x if x.shape[0] > 1 else x.repeat(2, axis=0)

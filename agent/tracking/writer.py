@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     import torch
     from mlflow import MlflowClient
 
+    from envs.workloads.inputs import Inputs
+
 RunStatus = Literal["FINISHED", "KILLED", "FAILED"]
 
 
@@ -245,9 +247,7 @@ class Tracker:
             self.client.set_tag(run_id, PARETO_TAG, "true")
         self._pareto = current
 
-    def log_best_model(
-        self, run_id: str, model: torch.nn.Module, example_input: torch.Tensor
-    ) -> str:
+    def log_best_model(self, run_id: str, model: torch.nn.Module, example_input: Inputs) -> str:
         """Log ``model`` as the MLflow PyTorch model ``model`` of the candidate run ``run_id``.
 
         Saved by the one model policy of :mod:`agent.tracking.models` (``torch.export``, pickle

@@ -1,4 +1,7 @@
-"""The `Workload` value: a trained model plus the data and metric it is judged by."""
+"""The `Workload` value: a trained model plus the data and metric it is judged by.
+
+Inputs may be one tensor, a tuple or a dict of tensors of any dtype (`envs.workloads.inputs`).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
+
+from envs.workloads.inputs import Inputs, batch_size, check_like, take
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
 """``metric(outputs, targets) -> float``: outputs are the model's raw outputs on a split."""
@@ -24,52 +29,60 @@ def accuracy(outputs: np.ndarray, targets: np.ndarray) -> float:
 class DataSplit:
     """Inputs and targets of one split, as tensors with the batch on dimension 0."""
 
-    inputs: torch.Tensor
-    """Model inputs, ``[N, ...]``, float32."""
+    inputs: Inputs
+    """Model inputs: a tensor ``[N, ...]``, or a tuple / dict of tensors that each have the
+    batch on dimension 0, of any dtype (token ids, masks)."""
     targets: torch.Tensor
     """Targets, ``[N, ...]`` (class indices for classification)."""
 
     def __post_init__(self) -> None:
-        if len(self.inputs) != len(self.targets):
-            raise ValueError(
-                f"DataSplit: {len(self.inputs)} inputs but {len(self.targets)} targets"
-            )
+        n = batch_size(self.inputs)
+        if n != len(self.targets):
+            raise ValueError(f"DataSplit: {n} inputs but {len(self.targets)} targets")
 
     def __len__(self) -> int:
-        return len(self.inputs)
+        return batch_size(self.inputs)
 
     def head(self, n: int) -> DataSplit:
         """The first ``n`` samples (the splits are shuffled once, deterministically)."""
-        return DataSplit(self.inputs[:n], self.targets[:n])
+        return DataSplit(take(self.inputs, slice(0, n)), self.targets[:n])
 
-    def batches(self, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def take(self, index: torch.Tensor) -> DataSplit:
+        """The samples at ``index`` (inputs and targets)."""
+        return DataSplit(take(self.inputs, index), self.targets[index])
+
+    def batches(self, size: int) -> Iterator[tuple[Inputs, torch.Tensor]]:
         """Consecutive ``(inputs, targets)`` batches of at most ``size`` samples, in order."""
         for start in range(0, len(self), size):
-            yield self.inputs[start : start + size], self.targets[start : start + size]
+            end = start + size
+            yield take(self.inputs, slice(start, end)), self.targets[start:end]
 
 
 @dataclass
 class Workload:
     """A trained model and what it is judged on. This is the bring-your-own contract.
 
-    A ``--model module:function`` callable takes no arguments and returns one of these.
+        A ``--model module:function`` callable takes no arguments and returns one of these.
 
-    Example:
-        >>> import torch
-        >>> from torch import nn
-        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval()
-        >>> x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
-        >>> wl = Workload("toy", model, x[:1], DataSplit(x, y), DataSplit(x, y))
-        >>> wl.example_input.shape
-        torch.Size([1, 4])
+        Example:
+            >>> import torch
+            >>> from torch import nn
+
+    from envs.workloads.inputs import Inputs, batch_size, check_like, take
+            >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval()
+            >>> x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+            >>> wl = Workload("toy", model, x[:1], DataSplit(x, y), DataSplit(x, y))
+            >>> wl.example_input.shape
+            torch.Size([1, 4])
     """
 
     name: str
     """Short identifier, used in cache keys, MLflow and reports."""
     model: nn.Module
     """The trained model, in eval mode. Transforms never modify it (they work on a copy)."""
-    example_input: torch.Tensor
-    """One input with batch size 1; shapes for tracing, ONNX export and latency measurement."""
+    example_input: Inputs
+    """One input with batch size 1 (a tensor, tuple or dict of tensors, like the splits'):
+    shapes, dtypes and names for tracing, ONNX export and latency measurement."""
     train: DataSplit
     """Training split: quantization calibration, BatchNorm re-estimation, fine-tuning."""
     eval: DataSplit
@@ -88,15 +101,12 @@ class Workload:
             raise TypeError(
                 f"Workload {self.name!r}: model must be an nn.Module, got {type(self.model)}"
             )
-        if self.example_input.shape[0] != 1:
-            raise ValueError(
-                f"Workload {self.name!r}: example_input must have batch size 1, "
-                f"got shape {tuple(self.example_input.shape)}"
-            )
-        if self.example_input.shape[1:] != self.eval.inputs.shape[1:]:
-            raise ValueError(
-                f"Workload {self.name!r}: example_input shape "
-                f"{tuple(self.example_input.shape[1:])} differs from eval inputs "
-                f"{tuple(self.eval.inputs.shape[1:])}"
-            )
+        try:
+            n = batch_size(self.example_input)
+            if n != 1:
+                raise ValueError(f"example_input must have batch size 1, got {n}")
+            check_like(self.eval.inputs, self.example_input, "eval split")
+            check_like(self.train.inputs, self.example_input, "train split")
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"Workload {self.name!r}: {exc}") from exc
         self.model.eval()

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from envs.workloads.base import DataSplit, Workload
+from envs.workloads.inputs import detach
 from envs.workloads.training import TrainConfig, TrainMetrics, train_classifier
 
 CACHE_ENV = "LAYERPILOT_CACHE"
@@ -140,7 +141,7 @@ def load_or_train(
     return Workload(
         name=recipe.name,
         model=model.eval(),
-        example_input=eval.inputs[:1].clone(),
+        example_input=detach(eval.head(1).inputs),
         train=train,
         eval=eval,
         description=recipe.description,

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from envs.workloads.base import DataSplit, accuracy
+from envs.workloads.inputs import call, take
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def evaluate_accuracy(model: nn.Module, split: DataSplit, batch_size: int = 256)
     """Top-1 accuracy (percent) of ``model`` in eval mode on ``split``, computed in torch."""
     was_training = model.training
     model.eval()
-    outputs = torch.cat([model(x) for x, _ in split.batches(batch_size)])
+    outputs = torch.cat([call(model, x) for x, _ in split.batches(batch_size)])
     model.train(was_training)
     return accuracy(outputs.numpy(), split.targets.numpy())
 
@@ -169,9 +170,11 @@ def train_classifier(
             total_loss = 0.0
             for step in range(steps_per_epoch):
                 idx = order[step * config.batch_size : (step + 1) * config.batch_size]
-                x = random_shift(train.inputs[idx], config.max_shift, generator)
+                x = take(train.inputs, idx)
+                if isinstance(x, torch.Tensor) and x.is_floating_point():
+                    x = random_shift(x, config.max_shift, generator)
                 loss = F.cross_entropy(
-                    model(x), train.targets[idx], label_smoothing=config.label_smoothing
+                    call(model, x), train.targets[idx], label_smoothing=config.label_smoothing
                 )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

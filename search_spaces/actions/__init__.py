@@ -18,7 +18,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import nn
 
 from search_spaces.actions.base import ActionHandler, BuildContext, Contract
@@ -32,6 +31,7 @@ from search_spaces.strategy import DEFAULT_KEY, Strategy
 from search_spaces.units import Unit
 
 if TYPE_CHECKING:
+    from envs.workloads.inputs import Inputs
     from search_spaces.plan import Plan
 
 ACTIONS: dict[str, ActionHandler] = {}
@@ -158,7 +158,7 @@ def cheapest(model: nn.Module) -> AbstractContextManager[Any]:
 
 
 def after_build(
-    model: nn.Module, train_inputs: torch.Tensor, build_config: Any, recover: bool
+    model: nn.Module, train_inputs: Inputs, build_config: Any, recover: bool
 ) -> dict[str, Any]:
     """Run every handler's after-build step on ``model``; their notes, merged."""
     notes: dict[str, Any] = {}
@@ -169,7 +169,7 @@ def after_build(
 
 def export_onnx(
     model: nn.Module,
-    example_input: torch.Tensor,
+    example_input: Inputs,
     path: Path,
     *,
     precisions: Mapping[str, str] | None = None,
@@ -198,7 +198,7 @@ def export_onnx(
     return None
 
 
-def measure_extras(model: nn.Module, eval_inputs: torch.Tensor, batch_size: int) -> dict[str, Any]:
+def measure_extras(model: nn.Module, eval_inputs: Inputs, batch_size: int) -> dict[str, Any]:
     """Facts every handler adds to a measurement's info (merged)."""
     extras: dict[str, Any] = {}
     for handler in handlers():

@@ -24,12 +24,14 @@ from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
 from torch import nn
 
 from search_spaces.units import Unit
+
+if TYPE_CHECKING:
+    from envs.workloads.inputs import Inputs  # search_spaces sits below envs: types only
 
 
 @dataclass
@@ -38,7 +40,7 @@ class BuildContext:
 
     model: nn.Module
     """The model being transformed in place (a private copy)."""
-    example_input: torch.Tensor
+    example_input: Inputs
     """Batch-1 input for tracing."""
     precisions: dict[str, str] = field(default_factory=dict)
     """Module path -> non-fp32 precision, collected by the quantize action for the runtime."""
@@ -173,7 +175,7 @@ class ActionHandler(ABC):
         return nullcontext()
 
     def after_build(
-        self, model: nn.Module, train_inputs: torch.Tensor, build_config: Any, recover: bool
+        self, model: nn.Module, train_inputs: Inputs, build_config: Any, recover: bool
     ) -> dict[str, Any]:
         """Train what the action added to ``model`` (after BatchNorm re-estimation, before the
         recovery fine-tune, which runs when ``recover``); returns notes for the record.
@@ -185,7 +187,7 @@ class ActionHandler(ABC):
     def export_onnx(
         self,
         model: nn.Module,
-        example_input: torch.Tensor,
+        example_input: Inputs,
         path: Path,
         *,
         precisions: Mapping[str, str],
@@ -199,7 +201,7 @@ class ActionHandler(ABC):
         return None
 
     def measure_extras(
-        self, model: nn.Module, eval_inputs: torch.Tensor, batch_size: int
+        self, model: nn.Module, eval_inputs: Inputs, batch_size: int
     ) -> dict[str, Any]:
         """Facts of ``model`` on the eval inputs merged into the measurement's info."""
         return {}

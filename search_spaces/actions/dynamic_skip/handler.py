@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -26,6 +26,9 @@ from search_spaces.actions.dynamic_skip.model import DynamicSkipModel, find_dyna
 from search_spaces.actions.skip import Skipped, block_reason
 from search_spaces.errors import InvalidActionValueError, PrecisionNotExportableError
 from search_spaces.units import RESIDUAL_TYPES, Unit
+
+if TYPE_CHECKING:
+    from envs.workloads.inputs import Inputs  # search_spaces sits below envs: types only
 
 HALF_SKIP_ALPHA = 8.0
 """The α at which the unmeasured cost table expects half the inputs to skip a block (saving
@@ -121,14 +124,14 @@ class DynamicSkipHandler(ActionHandler):
         return dynamic.forced(False) if dynamic is not None else nullcontext()
 
     def after_build(
-        self, model: nn.Module, train_inputs: torch.Tensor, build_config: Any, recover: bool
+        self, model: nn.Module, train_inputs: Inputs, build_config: Any, recover: bool
     ) -> dict[str, Any]:
         from search_spaces.actions.dynamic_skip.training import train_controller
 
         dynamic = find_dynamic(model)
         if dynamic is None:
             return {}
-        stats = train_controller(dynamic, train_inputs, build_config.gates)
+        stats = train_controller(dynamic, _single(train_inputs), build_config.gates)
         if recover:
             # SkipNet's and BlockDrop's joint fine-tune: the backbone learns, under its
             # controller's decisions (controller frozen), the skips it will actually see
@@ -138,7 +141,7 @@ class DynamicSkipHandler(ActionHandler):
     def export_onnx(
         self,
         model: nn.Module,
-        example_input: torch.Tensor,
+        example_input: Inputs,
         path: Path,
         *,
         precisions: Mapping[str, str],
@@ -160,7 +163,7 @@ class DynamicSkipHandler(ActionHandler):
             )
         return export_gated_onnx(
             dynamic,
-            example_input,
+            _single(example_input),
             path,
             input_name=input_name,
             output_name=output_name,
@@ -168,7 +171,7 @@ class DynamicSkipHandler(ActionHandler):
         )
 
     def measure_extras(
-        self, model: nn.Module, eval_inputs: torch.Tensor, batch_size: int
+        self, model: nn.Module, eval_inputs: Inputs, batch_size: int
     ) -> dict[str, Any]:
         from search_spaces.actions.dynamic_skip.training import gate_statistics
 
@@ -176,7 +179,7 @@ class DynamicSkipHandler(ActionHandler):
         if dynamic is None:
             return {}
         # decisions of the deployed (thresholded) controller over the whole eval split
-        stats = gate_statistics(dynamic, eval_inputs, batch_size)
+        stats = gate_statistics(dynamic, _single(eval_inputs), batch_size)
         return {
             "dynamic": {
                 **stats,
@@ -217,3 +220,12 @@ def _input_width(module: Any, channels_last: bool) -> int:
 
 
 __all__ = ["HALF_SKIP_ALPHA", "DynamicSkipConfig", "DynamicSkipHandler", "DynamicSkipModel"]
+
+
+def _single(x: Inputs) -> torch.Tensor:
+    """The one input tensor of a gated model (the controller reads a single tensor)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(
+            f"dynamic skip gates models with one tensor input; this one takes a {type(x).__name__}"
+        )
+    return x
