@@ -11,7 +11,9 @@ A ``Workload`` bundles four things:
 * ``model`` -- a trained ``nn.Module`` built from standard layers (Conv/Linear/BatchNorm/
   activations, residual blocks, ``nn.TransformerEncoderLayer``). layerpilot never modifies it;
   every candidate is built on a copy.
-* ``example_input`` -- one input with batch size 1, used for tracing, ONNX export and latency.
+* ``example_input`` -- one input with batch size 1, used for tracing, ONNX export and latency:
+  a tensor, or a tuple / dict of tensors of any dtype (e.g. ``{"input_ids": ..., "attention_mask":
+  ...}``, int64), with the splits' inputs in the same structure.
 * ``train`` -- a ``DataSplit`` used for int8 calibration, BatchNorm re-estimation and
   fine-tuning. A few hundred samples are enough; it need not be the full training set.
 * ``eval`` -- the held-out ``DataSplit`` on which ``metric`` (default: top-1 accuracy in percent)

@@ -47,10 +47,6 @@ class DataSplit:
         """The first ``n`` samples (the splits are shuffled once, deterministically)."""
         return DataSplit(take(self.inputs, slice(0, n)), self.targets[:n])
 
-    def take(self, index: torch.Tensor) -> DataSplit:
-        """The samples at ``index`` (inputs and targets)."""
-        return DataSplit(take(self.inputs, index), self.targets[index])
-
     def batches(self, size: int) -> Iterator[tuple[Inputs, torch.Tensor]]:
         """Consecutive ``(inputs, targets)`` batches of at most ``size`` samples, in order."""
         for start in range(0, len(self), size):
