@@ -108,12 +108,6 @@ def repeat(x: Inputs, n: int) -> Inputs:
     return _rebuild(x, [t[:1].repeat(n, *([1] * (t.dim() - 1))).contiguous() for _, t in named(x)])
 
 
-def concat(parts: Sequence[Inputs]) -> Inputs:
-    """Inputs of the same structure concatenated along the batch."""
-    columns = zip(*(named(p) for p in parts), strict=True)
-    return _rebuild(parts[0], [torch.cat([t for _, t in col]) for col in columns])
-
-
 def to(x: Inputs, device: str | torch.device) -> Inputs:
     """``x`` with every tensor moved to ``device`` (dtypes kept)."""
     return _rebuild(x, [t.to(device) for _, t in named(x)])
