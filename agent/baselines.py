@@ -56,6 +56,18 @@ class RandomAgent(_Baseline):
         return Proposal(self.space.to_strategy(self.space.sample(self.rng)))
 
 
+def everywhere(space: DecisionSpace, settings: dict[str, Any]) -> Strategy:
+    """The strategy that sets each ``action: value`` of ``settings`` on every unit offering it."""
+    names = space.action_names
+    choices = space.identity()
+    for step, choice in zip(space.steps, choices, strict=True):
+        for name, value in settings.items():
+            options = step.options.get(name, ())
+            if value in options:
+                choice[names.index(name)] = options.index(value)
+    return space.to_strategy(choices)
+
+
 def uniform_grid(space: DecisionSpace) -> list[Strategy]:
     """Every "same setting on all units" strategy, distinct, least aggressive first.
 
@@ -82,20 +94,10 @@ def uniform_grid(space: DecisionSpace) -> list[Strategy]:
     seen: set[str] = set()
     for combo in combos:
         removes, indices = combo[:n_flags], combo[n_flags:]
-        choices = []
-        for step in space.steps:
-            choice = np.zeros_like(space.nvec)
-            for name, idx in zip(searched, indices, strict=True):
-                value = space.values(name)[idx]
-                options = step.options.get(name, ())
-                if value in options:
-                    choice[space.action_names.index(name)] = options.index(value)
-            for (name, value), on in zip(removing.items(), removes, strict=False):
-                options = step.options.get(name, ())
-                if on and value in options:
-                    choice[space.action_names.index(name)] = options.index(value)
-            choices.append(choice)
-        strategy = space.to_strategy(choices)
+        settings = {name: space.values(name)[i] for name, i in zip(searched, indices, strict=True)}
+        pairs = zip(removing.items(), removes, strict=False)  # one False flag when none remove
+        settings.update(pair for pair, on in pairs if on)
+        strategy = everywhere(space, settings)
         if strategy.key() not in seen:
             seen.add(strategy.key())
             out.append(strategy)
@@ -133,13 +135,7 @@ def uniform_seeds(space: DecisionSpace) -> list[Strategy]:
         {**together, name: value} for name, value in widths for together in (collective, {})
     ]
     for settings in combos:
-        choices = space.identity()
-        for step, choice in zip(space.steps, choices, strict=True):
-            for name, value in settings.items():
-                options = step.options.get(name, ())
-                if value in options:
-                    choice[names.index(name)] = options.index(value)
-        strategy = space.to_strategy(choices)
+        strategy = everywhere(space, settings)
         if not strategy.is_identity and strategy.key() not in seen:
             seen.add(strategy.key())
             out.append(strategy)
