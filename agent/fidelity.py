@@ -20,7 +20,8 @@ the deployed one. The driver (`agent.search`) uses three rules from here, all ag
   recovery (``fidelity.md``) — so the mean estimate (~2 points) would rank every aggressive
   candidate below a mild one and never learn otherwise: only promoted candidates teach the fit.
   With optimism the cheapest level mostly ranks by speed and ``short``, which predicts the
-  deployed drop well (smaller spread), does the sorting.
+  deployed drop well (smaller spread), does the sorting. The rung below the deployed level
+  ranks for the accuracy bound (the fastest that may hold within it first).
 - **Confirmation** (`to_confirm`): when proposals stop, the estimated front's fastest candidates
   within the accuracy bound that have no deployed measurement yet are measured at the last
   level, so the best and the front the search reports are measurements, not estimates.
@@ -209,6 +210,7 @@ def promotions(
     schedule: Schedule,
     config: RewardConfig,
     busy: set[tuple[str, str]],
+    bound: float | None = None,
 ) -> list[tuple[Strategy, str]]:
     """The ``(strategy, next level)`` pairs ASHA promotes now, most urgent first.
 
@@ -217,6 +219,12 @@ def promotions(
     due at the next level unless already measured or in flight there (``busy`` holds the
     ``(strategy key, level)`` pairs in flight). Higher levels come first: a candidate near the
     deployed level is worth finishing before a new one is started.
+
+    With a ``bound`` (accuracy points), the rung that feeds the deployed level ranks for the
+    user's goal instead, as `to_confirm` does: candidates faster than the baseline whose
+    optimistic deployed drop is within the bound come first, fastest first, then the rest by
+    optimistic reward. A reward with a mild speed weight otherwise spends the expensive level on
+    safe 4x candidates while a 12x one that may hold up waits below it.
     """
     calibration = Calibration.fit(schedule, records)
     measured = {(r.strategy.key(), r.fidelity) for r in records}
@@ -224,13 +232,20 @@ def promotions(
     for level in reversed(schedule.levels[:-1]):
         nxt = schedule.above(level)
         assert nxt is not None
-        rung: dict[str, tuple[float, CandidateRecord]] = {}
+        goal = bound is not None and nxt == schedule.top
+        rung: dict[str, tuple[tuple[int, float], CandidateRecord]] = {}
         for record in records:
             if record.fidelity == level and record.ok and record.result is not None:
                 score = _optimistic_reward(record, calibration, config)
-                rung[record.strategy.key()] = (score, record)
+                rank = (1, -score)
+                if goal and record.speedup > 1.0:
+                    assert bound is not None
+                    optimistic = calibration.optimistic_drop(level, record.accuracy_drop)
+                    if optimistic <= bound:
+                        rank = (0, -record.speedup)
+                rung[record.strategy.key()] = (rank, record)
         quota = len(rung) // schedule.eta
-        ranked = sorted(rung.values(), key=lambda item: (-item[0], item[1].index))[:quota]
+        ranked = sorted(rung.values(), key=lambda item: (item[0], item[1].index))[:quota]
         for _, record in ranked:
             key = record.strategy.key()
             if (key, nxt) not in measured and (key, nxt) not in busy:

@@ -307,24 +307,32 @@ def _run(
             limit = config.time_budget
             return limit is not None and time.perf_counter() - t0 + reserve >= limit
 
+        def fits(level: str) -> bool:
+            """Whether a measurement at ``level`` started now is expected to land within the
+            time budget, after what is in flight (shared by the workers)."""
+            costs = _costs(records, schedule)
+            queued = sum(costs.get(lv, 0.0) for _, lv in in_flight) / max(executor.slots, 1)
+            return not out_of_time(queued + costs[level])
+
         def next_job() -> tuple[Strategy, str, Proposal] | None:
-            """The next measurement: a promotion, else a new proposal (searching), or a
-            confirmation at the deployed level (confirming)."""
+            """The next measurement. Searching: a promotion, else a new proposal. Confirming:
+            a confirmation at the deployed level; once those are done or none is due, the
+            search goes on (promotions, then proposals) with whatever is expected to land
+            before the deadline."""
             nonlocal stall, confirmations
             assert agent is not None
             busy = set(in_flight)
-            if not searching:
-                if confirmations >= config.confirm or out_of_time(0.0):
-                    return None
+            if not searching and confirmations < config.confirm and not out_of_time(0.0):
                 todo = to_confirm(records, schedule, config.reward, DROP_BUDGET, busy)
-                if not todo:
-                    return None
-                confirmations += 1
-                return todo[0], schedule.top, Proposal(todo[0], {"origin": "confirm"})
-            due = promotions(records, schedule, config.reward, busy)
-            if due:
-                strategy, level = due[0]
-                return strategy, level, Proposal(strategy, {"origin": "promoted"})
+                if todo:
+                    confirmations += 1
+                    return todo[0], schedule.top, Proposal(todo[0], {"origin": "confirm"})
+            due = promotions(records, schedule, config.reward, busy, bound=DROP_BUDGET)
+            for strategy, level in due:
+                if searching or fits(level):
+                    return strategy, level, Proposal(strategy, {"origin": "promoted"})
+            if not searching and not fits(schedule.first):
+                return None
             while seeds and proposals_open():
                 seed = seeds.pop(0)
                 if seed.key() not in proposed:
@@ -450,34 +458,44 @@ def _timeout(config: SearchConfig, fidelity: str) -> float:
     return config.timeout_s * (1.0 + recovery_preset(fidelity).steps / 100)
 
 
-def _reserve(
-    records: list[CandidateRecord], schedule: Schedule, config: SearchConfig, slots: int
-) -> float:
-    """Seconds the confirmation phase is expected to need: ``confirm`` measurements at the top
-    level, shared by ``slots`` workers, and the best model's rebuild when it is logged. A
-    level's cost is its mean over this search's measurements; the top level's, until one is
-    measured, is extrapolated linearly in recovery steps from the cheaper levels measured (10x
-    the cheapest when only one is)."""
+def _costs(records: list[CandidateRecord], schedule: Schedule) -> dict[str, float]:
+    """Expected seconds of one measurement at each level: its mean over this search's
+    measurements; a level not measured yet is extrapolated linearly in recovery steps from the
+    levels measured (10x the cheapest when only one is; 0 while nothing is measured: the first
+    measurements tell)."""
     from runners.recovery import recovery_preset
 
-    if len(schedule.levels) == 1 or config.confirm == 0:
-        return 0.0
     seconds: dict[int, list[float]] = {}
     for r in records:
         if not r.cached and r.fidelity in schedule.levels:
             seconds.setdefault(recovery_preset(r.fidelity).steps, []).append(r.outcome.eval_seconds)
-    if not seconds:
-        return 0.0  # nothing measured yet: the first measurements tell
     means = {steps: sum(v) / len(v) for steps, v in seconds.items()}
-    top = recovery_preset(schedule.top).steps
-    if top in means:
-        cost = means[top]
-    elif len(means) >= 2:
-        (s0, m0), (s1, m1) = sorted(means.items())[-2:]
-        cost = m1 + (m1 - m0) / (s1 - s0) * (top - s1)
-    else:
-        cost = 10.0 * next(iter(means.values()))
-    return (config.confirm / max(slots, 1) + config.log_model) * max(cost, 0.0)
+    costs: dict[str, float] = {}
+    for level in schedule.levels:
+        steps = recovery_preset(level).steps
+        if steps in means:
+            cost = means[steps]
+        elif len(means) >= 2:
+            (s0, m0), (s1, m1) = sorted(means.items())[-2:]
+            cost = m1 + (m1 - m0) / (s1 - s0) * (steps - s1)
+        elif means:
+            cost = 10.0 * next(iter(means.values()))
+        else:
+            cost = 0.0
+        costs[level] = max(cost, 0.0)
+    return costs
+
+
+def _reserve(
+    records: list[CandidateRecord], schedule: Schedule, config: SearchConfig, slots: int
+) -> float:
+    """Seconds the confirmation phase is expected to need: ``confirm`` measurements at the top
+    level (`_costs`), shared by ``slots`` workers, and the best model's rebuild when it is
+    logged."""
+    if len(schedule.levels) == 1 or config.confirm == 0:
+        return 0.0
+    cost = _costs(records, schedule)[schedule.top]
+    return (config.confirm / max(slots, 1) + config.log_model) * cost
 
 
 def _levels(records: list[CandidateRecord], schedule: Schedule) -> str:
