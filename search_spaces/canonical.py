@@ -18,7 +18,8 @@ from torch import nn
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with separate Q/K/V projections of width ``heads * head_dim``."""
+    """Multi-head self-attention with separate Q/K/V projections of width ``heads * head_dim``
+    (its heads are removed by `search_spaces.heads`, like any recognised attention layout)."""
 
     def __init__(self, embed_dim: int, num_heads: int, head_dim: int, *, bias: bool = True) -> None:
         super().__init__()
@@ -46,34 +47,6 @@ class Attention(nn.Module):
         out = torch.matmul(scores.softmax(dim=-1), v)
         out = out.transpose(1, 2).reshape(batch, tokens, self.num_heads * self.head_dim)
         return self.out_proj(out)
-
-    def keep_heads(self, keep: list[int]) -> None:
-        """Physically remove every head not in ``keep`` (indices into the current heads)."""
-        if not keep:
-            raise ValueError("an attention layer must keep at least one head")
-        rows = torch.cat(
-            [torch.arange(h * self.head_dim, (h + 1) * self.head_dim) for h in sorted(keep)]
-        )
-        for proj in (self.q_proj, self.k_proj, self.v_proj):
-            new = nn.Linear(proj.in_features, len(rows), bias=proj.bias is not None)
-            new.weight.data = proj.weight.data[rows].clone()
-            if proj.bias is not None:
-                new.bias.data = proj.bias.data[rows].clone()
-            proj.weight, proj.bias, proj.out_features = new.weight, new.bias, len(rows)
-        self.out_proj.weight = nn.Parameter(self.out_proj.weight.data[:, rows].clone())
-        self.out_proj.in_features = len(rows)
-        self.num_heads = len(keep)
-
-    def head_importance(self) -> torch.Tensor:
-        """L2 norm of each head's Q, K, V rows and output columns (magnitude importance)."""
-        d = self.head_dim
-        norms = []
-        for h in range(self.num_heads):
-            sl = slice(h * d, (h + 1) * d)
-            parts = [p.weight[sl] for p in (self.q_proj, self.k_proj, self.v_proj)]
-            parts.append(self.out_proj.weight[:, sl].T)
-            norms.append(torch.sqrt(torch.stack([(p.detach() ** 2).sum() for p in parts]).sum()))
-        return torch.stack(norms)
 
 
 def _key_padding_to_additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from search_spaces.actions import annotate  # the registry decides allowed/masked
-from search_spaces.canonical import Attention
+from search_spaces.heads import HeadLayout, head_layout, keep_heads
 from search_spaces.units import LAYER_TYPES, RESIDUAL_TYPES, Unit, UnitTable
 
 if TYPE_CHECKING:
@@ -27,7 +27,10 @@ if TYPE_CHECKING:
 def discover_units(model: nn.Module, example_input: Inputs) -> UnitTable:
     """Find the decision units of a (canonicalised) model, in execution order.
 
-    Never raises for an unusual model: what cannot be analysed is masked with a reason.
+    A module whose parameters do not reach the model's output (a Hugging Face pooler behind a
+    forward that returns the hidden states) computes nothing the exported graph keeps: it is
+    not a unit. Never raises for an unusual model: what cannot be analysed is masked with a
+    reason.
     """
     from runners.metrics import flops_by_module  # a leaf module: no cycle back here
 
@@ -36,15 +39,19 @@ def discover_units(model: nn.Module, example_input: Inputs) -> UnitTable:
     flops = flops_by_module(model, example_input)
     total_flops = flops.get("", 0) or sum(v for k, v in flops.items() if "." not in k)
     modules = dict(model.named_modules())
+    dead = _dead_modules(model, example_input)
+    layouts = {
+        name: layout for name in trace.order if (layout := head_layout(model, name)) is not None
+    }
+    head_reasons = _trial_heads(model, example_input, list(layouts.values()), trace)
     attention_children = {
-        f"{name}.{child}"
-        for name, mod in modules.items()
-        if isinstance(mod, Attention)
-        for child, _ in mod.named_children()
+        path for layout in layouts.values() for path in (*layout.projections, layout.out)
     }
 
     raw: list[Unit] = []
     for name in trace.order:
+        if name in dead:
+            continue
         mod = modules[name]
         params = sum(p.numel() for p in mod.parameters())
         base: dict[str, Any] = {
@@ -57,7 +64,19 @@ def discover_units(model: nn.Module, example_input: Inputs) -> UnitTable:
             "params": params,
             "flops_share": flops.get(name, 0) / total_flops if total_flops else 0.0,
         }
-        if isinstance(mod, nn.Conv1d | nn.Conv2d):
+        if name in layouts:
+            layout = layouts[name]
+            raw.append(
+                Unit(
+                    kind="attention",
+                    in_channels=int(getattr(model.get_submodule(layout.q), "in_features", 0)),
+                    out_channels=layout.heads * layout.head_dim,
+                    heads=layout.heads,
+                    prune_reason="only one head" if layout.heads < 2 else head_reasons.get(name),
+                    **base,
+                )
+            )
+        elif isinstance(mod, nn.Conv1d | nn.Conv2d):
             raw.append(
                 Unit(
                     kind="conv",
@@ -76,25 +95,14 @@ def discover_units(model: nn.Module, example_input: Inputs) -> UnitTable:
                     in_channels=mod.in_features,
                     out_channels=mod.out_features,
                     prune_reason=(
-                        f"inside attention unit {name.rpartition('.')[0]!r}: prune its heads there"
+                        f"inside attention unit {_owner(name, layouts)!r}: prune its heads there"
                         if name in attention_children
                         else None
                     ),
                     **base,
                 )
             )
-        elif isinstance(mod, Attention):
-            raw.append(
-                Unit(
-                    kind="attention",
-                    in_channels=mod.q_proj.in_features,
-                    out_channels=mod.num_heads * mod.head_dim,
-                    heads=mod.num_heads,
-                    prune_reason=None if mod.num_heads > 1 else "only one head",
-                    **base,
-                )
-            )
-        elif name and _is_block_candidate(name, mod, modules):
+        elif name and _is_block_candidate(name, mod, modules, layouts):
             width = base["input_shape"][1] if len(base["input_shape"]) > 1 else 0
             raw.append(
                 Unit(
@@ -103,7 +111,8 @@ def discover_units(model: nn.Module, example_input: Inputs) -> UnitTable:
                     out_channels=int(base["output_shape"][1])
                     if len(base["output_shape"]) > 1
                     else 0,
-                    skip_reason=_why_not_skippable(name, mod, trace),
+                    output_items=trace.items.get(name, 0),
+                    skip_reason=_why_not_skippable(name, mod, trace, layouts),
                     prune_reason="a block: prune its layers",
                     **base,
                 )
@@ -114,11 +123,18 @@ def discover_units(model: nn.Module, example_input: Inputs) -> UnitTable:
     return UnitTable(units, int(total_flops), int(sum(p.numel() for p in model.parameters())))
 
 
+def _owner(name: str, layouts: dict[str, HeadLayout]) -> str:
+    """The attention unit whose heads a projection belongs to."""
+    return next(a for a, lay in layouts.items() if name in (*lay.projections, lay.out))
+
+
 @dataclass
 class _Trace:
     order: list[str] = field(default_factory=list)
     inputs: dict[str, tuple[int, ...]] = field(default_factory=dict)
     outputs: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    items: dict[str, int] = field(default_factory=dict)
+    """Modules returning a tuple or list whose first item is a tensor: its length."""
     non_tensor_output: set[str] = field(default_factory=set)
     model_output_shape: tuple[int, ...] = ()
 
@@ -142,6 +158,9 @@ def _trace_calls(model: nn.Module, example_input: Inputs) -> _Trace:
                 return
             if isinstance(out, torch.Tensor):
                 trace.outputs[name] = tuple(out.shape)
+            elif isinstance(out, tuple | list) and out and isinstance(out[0], torch.Tensor):
+                trace.outputs[name] = tuple(out[0].shape)
+                trace.items[name] = len(out)
             else:
                 trace.non_tensor_output.add(name)
 
@@ -161,10 +180,82 @@ def _trace_calls(model: nn.Module, example_input: Inputs) -> _Trace:
     return trace
 
 
-def _is_block_candidate(name: str, mod: nn.Module, modules: dict[str, nn.Module]) -> bool:
+def _float_tensors(out: Any) -> list[torch.Tensor]:
+    """The floating-point tensors in a model output (a tensor, a tuple, a dict, a
+    ``ModelOutput``)."""
+    if isinstance(out, torch.Tensor):
+        return [out] if out.is_floating_point() else []
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in _float_tensors(v)]
+    if isinstance(out, tuple | list):
+        return [t for v in out for t in _float_tensors(v)]
+    return []
+
+
+def _dead_modules(model: nn.Module, example_input: Inputs) -> set[str]:
+    """Modules with parameters none of which reaches the output (one backward pass). Empty
+    when the output has no floating-point tensor to differentiate or the pass fails."""
+    params = list(model.parameters())
+    was = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(True)
+            p.grad = None
+        with torch.enable_grad():
+            outputs = [t for t in _float_tensors(_forward(model, example_input)) if t.requires_grad]
+            if not outputs:
+                return set()
+            torch.autograd.backward([t.sum() for t in outputs])
+        dead = set()
+        for name, mod in model.named_modules():
+            own = list(mod.parameters())
+            if name and own and all(p.grad is None for p in own):
+                dead.add(name)
+        return dead
+    except Exception:
+        return set()
+    finally:
+        for p, flag in zip(params, was, strict=True):
+            p.grad = None
+            p.requires_grad_(flag)
+
+
+def _trial_heads(
+    model: nn.Module, example_input: Inputs, layouts: list[HeadLayout], trace: _Trace
+) -> dict[str, str]:
+    """Remove one head of every attention layout on a copy (one at a time if that fails);
+    per attention unit, why the model breaks without a head."""
+    candidates = [lay for lay in layouts if lay.heads > 1]
+    if not candidates:
+        return {}
+
+    def trial(group: list[HeadLayout]) -> str | None:
+        copy_ = copy.deepcopy(model)
+        try:
+            for lay in group:
+                keep_heads(copy_, lay, list(range(1, lay.heads)))
+            with torch.no_grad():
+                out = _forward(copy_, example_input)
+        except Exception as exc:
+            return f"removing a head breaks the model ({type(exc).__name__}: {exc!s:.100})"
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else ()
+        if shape != trace.model_output_shape:
+            return f"removing a head changes the output shape to {list(shape)}"
+        return None
+
+    if trial(candidates) is None:
+        return {}
+    return {lay.attention: why for lay in candidates if (why := trial([lay])) is not None}
+
+
+def _is_block_candidate(
+    name: str, mod: nn.Module, modules: dict[str, nn.Module], layouts: dict[str, HeadLayout]
+) -> bool:
     """A non-leaf module holding compute layers, repeated in a Sequential/ModuleList."""
-    if isinstance(mod, (*LAYER_TYPES, Attention, *RESIDUAL_TYPES)):
-        return isinstance(mod, RESIDUAL_TYPES)
+    if name in layouts or isinstance(mod, LAYER_TYPES):
+        return False
+    if isinstance(mod, RESIDUAL_TYPES):
+        return True
     if isinstance(mod, nn.Sequential | nn.ModuleList):
         return False
     parent_name = name.rpartition(".")[0]
@@ -174,9 +265,14 @@ def _is_block_candidate(name: str, mod: nn.Module, modules: dict[str, nn.Module]
     return in_container and has_compute
 
 
-def _why_not_skippable(name: str, mod: nn.Module, trace: _Trace) -> str | None:
+def _why_not_skippable(
+    name: str, mod: nn.Module, trace: _Trace, layouts: dict[str, HeadLayout]
+) -> str | None:
     if name in trace.non_tensor_output:
-        return "returns a non-tensor (e.g. a tuple); skip needs a tensor-in, tensor-out block"
+        return (
+            "returns neither a tensor nor a tuple starting with one; skip needs the hidden "
+            "state in and out"
+        )
     shape_in, shape_out = trace.inputs.get(name, ()), trace.outputs.get(name, ())
     if not shape_in or shape_in != shape_out:
         return (
@@ -185,6 +281,8 @@ def _why_not_skippable(name: str, mod: nn.Module, trace: _Trace) -> str | None:
         )
     if isinstance(mod, RESIDUAL_TYPES):
         return None
+    if any(a == name or a.startswith(f"{name}.") for a in layouts):
+        return None  # a transformer layer: attention on a residual stream of unchanged shape
     try:
         graph = torch.fx.symbolic_trace(mod).graph
     except Exception as exc:

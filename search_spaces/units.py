@@ -58,7 +58,11 @@ class Unit:
     input_shape: tuple[int, ...] = ()
     """Shape of the unit's input for the example input (batch 1)."""
     output_shape: tuple[int, ...] = ()
-    """Shape of the unit's output for the example input (batch 1)."""
+    """Shape of the unit's output for the example input (batch 1; a tuple output: its first
+    item's)."""
+    output_items: int = 0
+    """Blocks returning a tuple (a Hugging Face layer: hidden state first): its length; 0 for
+    a tensor."""
     flops: int = 0
     """FLOPs (2 × MACs of matmuls/convs) of one batch-1 forward through the unit."""
     params: int = 0

@@ -2,7 +2,8 @@
 
 Value: the fraction of channels (heads, for attention units) to remove, ``0 <= ratio <= 0.95``.
 Conv/linear groups go through torch-pruning (coupled layers are cut together, ranked by the
-group's L2 magnitude); attention units drop their lowest-magnitude heads.
+group's L2 magnitude); attention units drop their lowest-magnitude heads across Q/K/V and the
+output projection (`search_spaces.heads`, ours and Hugging Face's layouts alike).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import torch
 from torch import nn
 
 from search_spaces.actions.base import ActionHandler, BuildContext
-from search_spaces.canonical import Attention
 from search_spaces.errors import InvalidActionValueError, TransformError
+from search_spaces.heads import head_layout, prune_heads
 from search_spaces.units import Unit
 
 MAX_RATIO = 0.95
@@ -78,21 +79,14 @@ class PruneHandler(ActionHandler):
         return unit.prune_reason
 
     def apply(self, ctx: BuildContext, unit: Unit, config: PruneConfig) -> None:
-        module = ctx.model.get_submodule(unit.name)
-        if isinstance(module, Attention):
-            prune_heads(module, config.ratio)
+        if unit.kind == "attention":
+            layout = head_layout(ctx.model, unit.name)
+            if layout is None:
+                raise TransformError(f"prune: unit {unit.name!r} has no attention heads to cut")
+            prune_heads(ctx.model, layout, config.ratio)
             ctx.invalidate_graph()
             return
         prune_channels(ctx, unit.name, config.ratio)
-
-
-def prune_heads(attn: Attention, ratio: float) -> None:
-    """Keep the ``1 - ratio`` highest-magnitude heads of ``attn`` (at least one)."""
-    keep = max(1, round(attn.num_heads * (1.0 - ratio)))
-    if keep == attn.num_heads:
-        return
-    order = torch.argsort(attn.head_importance(), descending=True)[:keep]
-    attn.keep_heads(sorted(int(i) for i in order))
 
 
 def prune_channels(ctx: BuildContext, name: str, ratio: float) -> None:

@@ -24,9 +24,19 @@ def block_reason(unit: Unit) -> str | None:
 
 
 class Skipped(nn.Module):
-    """Identity that accepts (and ignores) the extra arguments a block's caller may pass."""
+    """Identity that accepts (and ignores) the extra arguments a block's caller may pass.
 
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    A block that returned a tuple (a Hugging Face layer: hidden state, then attention weights
+    or a cache) gets a tuple of the same length back, the input first and ``None`` after.
+    """
+
+    def __init__(self, items: int = 0) -> None:
+        super().__init__()
+        self.items = items
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if self.items:
+            return (x, *([None] * (self.items - 1)))
         return x
 
 
@@ -66,5 +76,5 @@ class SkipHandler(ActionHandler):
         return block_reason(unit)
 
     def apply(self, ctx: BuildContext, unit: Unit, config: SkipConfig) -> None:
-        replace_module(ctx.model, unit.name, Skipped())
+        replace_module(ctx.model, unit.name, Skipped(unit.output_items))
         ctx.invalidate_graph()

@@ -66,10 +66,12 @@ def test_transformer_layers_are_blocks_and_attention_units_have_heads():
     assert "attention unit" in units.get("encoder.layers.0.self_attn.q_proj").allowed["prune"]
 
 
-def test_bert_style_layers_are_masked_with_reasons_not_crashes():
+def test_tuple_returning_layers_skip_and_attention_it_cannot_read_is_masked():
     units = _units("bert")
 
-    assert "tuple" in units.get("layers.0").allowed["skip"]
+    layer = units.get("layers.0")
+    assert layer.allows("skip") and layer.output_items == 1  # returns (hidden,)
+    assert "tuple" in layer.allowed["dynamic_skip"]
     # query/key/value are coupled through a reshape torch-pruning cannot follow: trial-pruning
     # shows it, and the action is masked with the error instead of breaking a search later.
     assert "breaks the model" in units.get("layers.0.attention.query").allowed["prune"]

@@ -87,6 +87,11 @@ class DynamicSkipHandler(ActionHandler):
         return DynamicSkipConfig(value)
 
     def why_not(self, unit: Unit) -> str | None:
+        if unit.output_items:
+            return (
+                "returns a tuple (a Hugging Face layer): the gate mixes tensors; "
+                "static skip takes it"
+            )
         return block_reason(unit)
 
     def flops_saving(self, value: Any) -> float:
