@@ -253,10 +253,11 @@ def rerank(
     """
     from agent.report import pareto_front
     from runners.evaluate import measure
+    from runners.result import metric_drop
     from search_spaces import Strategy
 
     ok = successful(source)
-    front = [ok[i] for i in pareto_front([(r.accuracy, r.speedup) for r in ok])]
+    front = [ok[i] for i in pareto_front([(-r.accuracy_drop, r.speedup) for r in ok])]
     chosen = sorted(front, key=lambda r: -r.speedup)[:k]
     recovered = replace(config, build=replace(config.build, recovery=recovery))
     reference = measure(subject, Strategy(), config)
@@ -271,10 +272,10 @@ def rerank(
                 "index": record.index,
                 "search_speedup": record.speedup,
                 "accuracy": accuracy,
-                "drop": baseline - accuracy,
+                "drop": metric_drop(baseline, accuracy, subject.workload.higher_is_better),
             }
         )
-        if baseline - accuracy <= max_drop:
+        if trace[-1]["drop"] <= max_drop:
             return record, trace, reference
     tried = ", ".join(f"#{t['index']:.0f}: {t['drop']:.2f}" for t in trace)
     raise CandidateChoiceError(

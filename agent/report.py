@@ -80,10 +80,10 @@ def hypervolume(
 
 
 def search_hypervolume(records: Iterable[CandidateRecord], baseline_accuracy: float) -> float:
-    """The search's hypervolume with the fixed reference (baseline - 10 points, 1.0x)."""
-    return hypervolume(
-        _points(_ok(records)), baseline_accuracy - HV_ACCURACY_MARGIN, HV_REF_SPEEDUP
-    )
+    """The search's hypervolume with the fixed reference (baseline - 10 points, 1.0x), on
+    each record's drop (so a metric where lower is better counts the same way)."""
+    del baseline_accuracy  # the drop is already relative to it
+    return hypervolume(_points(_ok(records)), -HV_ACCURACY_MARGIN, HV_REF_SPEEDUP)
 
 
 def pareto_records(records: Iterable[CandidateRecord]) -> list[CandidateRecord]:
@@ -259,7 +259,8 @@ def _ok(records: Iterable[CandidateRecord]) -> list[CandidateRecord]:
 
 
 def _points(records: Sequence[CandidateRecord]) -> list[tuple[float, float]]:
-    return [(r.accuracy, r.speedup) for r in records]
+    """``(-drop, speedup)``: larger is better in both, whichever way the metric points."""
+    return [(-r.accuracy_drop, r.speedup) for r in records]
 
 
 def _baseline_value(baseline: Mapping[str, Any], name: str) -> float:

@@ -106,7 +106,7 @@ def finish(
     from runners.recovery import recovery_preset
 
     ok = [r for r in deployed_records(records, config.fidelities[-1]) if r.ok]
-    front = [ok[i] for i in pareto_front([(r.accuracy, r.speedup) for r in ok])]
+    front = [ok[i] for i in pareto_front([(-r.accuracy_drop, r.speedup) for r in ok])]
     tracker.mark_pareto([run_ids[r.index] for r in front if r.index in run_ids])
     if ok:
         best = max(ok, key=lambda r: r.reward)

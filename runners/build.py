@@ -110,7 +110,8 @@ def build_candidate(
     train = subject.workload.train
     notes: dict[str, object] = dict(after_build(model, train.inputs, config, recover))
     if recover:
-        notes["recovery"] = asdict(distill(model, subject.model, train, config.recovery))
+        stats = distill(model, subject.model, train, config.recovery, subject.workload.loss)
+        notes["recovery"] = asdict(stats)
     calibration = train.head(config.calibration_samples).inputs
     return Candidate(
         model=model,

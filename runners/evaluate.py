@@ -190,7 +190,14 @@ def evaluate(
     if baseline is None:
         baseline = measure(subject, Strategy(), config)
     candidate = measure(subject, strategy, config)
-    return EvalResult.of(subject.workload.name, strategy, config.runtime, candidate, baseline)
+    return EvalResult.of(
+        subject.workload.name,
+        strategy,
+        config.runtime,
+        candidate,
+        baseline,
+        subject.workload.higher_is_better,
+    )
 
 
 def measurement_dict(m: Measurement) -> dict[str, Any]:

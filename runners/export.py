@@ -35,7 +35,7 @@ from runners.evaluate import EvalConfig, measure, measure_candidate
 from runners.latency import cpu_model
 from runners.metrics import format_count
 from runners.recovery import RecoveryConfig
-from runners.result import Measurement
+from runners.result import Measurement, metric_drop
 from search_spaces import Strategy, apply_plan
 from search_spaces.actions import with_everywhere
 
@@ -78,6 +78,13 @@ class ExportedModel:
     """Where the strategy came from (search, candidate index, workload)."""
     seconds: float = 0.0
     """Wall time of the export (build, recovery, measurement, writing)."""
+    higher_is_better: bool = True
+    """The workload's metric direction (the drop is positive when the metric got worse)."""
+
+    @property
+    def drop(self) -> float:
+        """How much worse the exported model scores than the original, in metric points."""
+        return metric_drop(self.baseline.accuracy, self.candidate.accuracy, self.higher_is_better)
 
     @property
     def speedup(self) -> float:
@@ -95,7 +102,7 @@ class ExportedModel:
         return {
             "accuracy": c.accuracy,
             "baseline_accuracy": b.accuracy,
-            "accuracy_drop": b.accuracy - c.accuracy,
+            "accuracy_drop": self.drop,
             "latency_ms": c.latency.expected_ms,
             "latency_median_ms": c.latency.median_ms,
             "latency_p90_ms": c.latency.p90_ms,
@@ -218,6 +225,7 @@ def export_candidate(
             recovery=recovery,
             source={**dict(source or {}), "workload": subject.workload.name},
             seconds=time.perf_counter() - start,
+            higher_is_better=subject.workload.higher_is_better,
         )
         (staging / EXPORT_FILE).write_text(json.dumps(exported.to_dict(), indent=2) + "\n")
         (staging / REPORT_FILE).write_text(render_report(exported))
@@ -322,7 +330,7 @@ def render_report(exported: ExportedModel) -> str:
     lines = [
         f"# layerpilot export: {exported.source.get('workload', '')} ({exported.format})",
         "",
-        f"**{exported.speedup:.2f}x faster** at **{b.accuracy - c.accuracy:+.2f} points** "
+        f"**{exported.speedup:.2f}x faster** at **{exported.drop:+.2f} points** "
         f"accuracy drop on `{exported.runtime}`, batch {c.info.get('batch_size', 1)}, "
         f"{c.info.get('threads', 1)} thread(s).",
         "",

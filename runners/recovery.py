@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from envs.workloads.base import DataSplit
+from envs.workloads.base import DataSplit, DistillLoss
 from envs.workloads.inputs import Inputs, call, take
 from envs.workloads.inputs import batch_size as batch_of
 from envs.workloads.training import random_shift
@@ -64,8 +64,10 @@ def reestimate_batchnorm(
 class RecoveryConfig:
     """A bounded knowledge-distillation fine-tune of a candidate (``steps=0`` turns it off).
 
-    The loss is ``alpha · T² · KL(teacher_T ‖ student_T) + (1 − alpha) · CE(student, label)``
-    (Hinton et al.'s soft targets at temperature ``T``), the teacher being the original model.
+    The loss follows the task (`task_loss`). For classification it is
+    ``alpha · T² · KL(teacher_T ‖ student_T) + (1 − alpha) · CE(student, label)`` (Hinton et
+    al.'s soft targets at temperature ``T``), the teacher being the original model; for other
+    outputs, feature matching to the teacher's outputs; a workload may bring its own.
     SGD with Nesterov momentum and a cosine schedule, on the workload's train split, for a
     fixed number of steps, seeded: the same config gives the same weights.
     """
@@ -154,10 +156,12 @@ def distill(
     teacher: nn.Module,
     train: DataSplit,
     config: RecoveryConfig,
+    loss: DistillLoss | None = None,
 ) -> RecoveryStats:
     """Fine-tune ``student`` in place towards ``teacher`` on ``train``; return what it did.
 
-    Both models must map the same inputs to class scores. The teacher is only run (eval mode,
+    Both models must map the same inputs to outputs of the same shape; ``loss`` (default
+    `task_loss` of the train targets) compares them. The teacher is only run (eval mode,
     no gradients). The student ends in eval mode. Shuffling, augmentation and dropout are
     seeded by ``config.seed``; torch's global random state is restored on return.
 
@@ -172,6 +176,7 @@ def distill(
     if config.max_shift == 0:
         with torch.no_grad():
             fixed_targets = torch.cat([call(teacher, x) for x, _ in train.batches(256)])
+    loss_fn = loss if loss is not None else task_loss(train.targets, config)
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
         params, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
@@ -183,17 +188,17 @@ def distill(
         student.train()
         try:
             for step, (x, y, soft) in enumerate(_batches(train, teacher, fixed_targets, config)):
-                loss = _kd_loss(call(student, x), soft, y, config)
-                if not torch.isfinite(loss):
+                value = loss_fn(call(student, x), soft, y)
+                if not torch.isfinite(value):
                     raise FloatingPointError(
                         f"distillation diverged at step {step + 1}/{config.steps} "
-                        f"(loss {loss.item()}); lower RecoveryConfig.lr"
+                        f"(loss {value.item()}); lower RecoveryConfig.lr"
                     )
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                value.backward()
                 optimizer.step()
                 schedule.step()
-                losses.append(loss.item())
+                losses.append(value.item())
         finally:
             student.eval()
     tail = max(1, len(losses) // 10)
@@ -234,9 +239,24 @@ def _batches(
         yield x, train.targets[idx], soft
 
 
-def _kd_loss(
+def task_loss(targets: torch.Tensor, config: RecoveryConfig) -> DistillLoss:
+    """The distillation loss that fits the targets: integer class indices (one per sample, or
+    per token) get `kd_loss`; anything else (embeddings, regression values) `feature_loss`."""
+    if not targets.is_floating_point() and not targets.is_complex():
+        return lambda student, teacher, labels: kd_loss(student, teacher, labels, config)
+    return lambda student, teacher, _labels: feature_loss(student, teacher)
+
+
+def kd_loss(
     logits: torch.Tensor, soft: torch.Tensor, labels: torch.Tensor, config: RecoveryConfig
 ) -> torch.Tensor:
+    """Soft targets at temperature ``T`` plus hard-label cross-entropy: ``[N, C]`` scores with
+    ``[N]`` labels, per token ``[N, T, C]`` with ``[N, T]``, or per pixel ``[N, C, H, W]``."""
+    if logits.dim() > 2 and tuple(labels.shape) != tuple(logits.shape[:-1]):
+        logits, soft = logits.movedim(1, -1), soft.movedim(1, -1)  # classes on axis 1
+    classes = logits.shape[-1]
+    logits, soft = logits.reshape(-1, classes), soft.reshape(-1, classes)
+    labels = labels.reshape(-1)
     t = config.temperature
     kd = F.kl_div(
         F.log_softmax(logits / t, dim=1),
@@ -246,3 +266,15 @@ def _kd_loss(
     )
     hard = F.cross_entropy(logits, labels)
     return config.alpha * t**2 * kd + (1 - config.alpha) * hard
+
+
+def feature_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Feature matching to the teacher's outputs: the mean squared error relative to the
+    teacher's mean square (scale-free, so one learning rate fits any output), plus
+    ``1 − cosine`` per sample when a sample has more than one value (an embedding's direction
+    is what a cosine metric reads)."""
+    s, t = student.float().flatten(1), teacher.float().flatten(1)
+    loss = F.mse_loss(s, t) / t.pow(2).mean().clamp_min(1e-12)
+    if s.shape[1] > 1:
+        loss = loss + (1.0 - F.cosine_similarity(s, t, dim=1)).mean()
+    return loss

@@ -48,6 +48,17 @@ class ResultFormatError(ValueError):
     """A stored result cannot be read as an `EvalResult` (the message names the field)."""
 
 
+def metric_drop(baseline: float, value: float, higher_is_better: bool = True) -> float:
+    """How much worse ``value`` is than ``baseline``, in the metric's points (positive: worse),
+    whichever way the metric points.
+
+    Example:
+        >>> metric_drop(99.0, 98.5), metric_drop(0.20, 0.25, higher_is_better=False)
+        (0.5, 0.05)
+    """
+    return baseline - value if higher_is_better else value - baseline
+
+
 @dataclass(frozen=True)
 class Measurement:
     """What one strategy measured on one runtime."""
@@ -171,8 +182,10 @@ class EvalResult:
         runtime: str,
         candidate: Measurement,
         baseline: Measurement,
+        higher_is_better: bool = True,
     ) -> EvalResult:
-        """The result of ``candidate`` against ``baseline`` (both measured on ``runtime``)."""
+        """The result of ``candidate`` against ``baseline`` (both measured on ``runtime``);
+        its drop follows the metric's direction."""
         c, b = candidate, baseline
         ideal = b.weighted_flops / max(c.weighted_flops, 1.0)
         if c.latency.timed and b.latency.timed:
@@ -185,7 +198,7 @@ class EvalResult:
             strategy=strategy,
             accuracy=c.accuracy,
             baseline_accuracy=b.accuracy,
-            accuracy_drop=b.accuracy - c.accuracy,
+            accuracy_drop=metric_drop(b.accuracy, c.accuracy, higher_is_better),
             latency_ms=c.latency.expected_ms,
             latency_p90_ms=c.latency.p90_ms,
             latency_spread=c.latency.spread,

@@ -17,6 +17,10 @@ from envs.workloads.inputs import Inputs, batch_size, check_like, take
 Metric = Callable[[np.ndarray, np.ndarray], float]
 """``metric(outputs, targets) -> float``: outputs are the model's raw outputs on a split."""
 
+DistillLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``loss(student_outputs, teacher_outputs, targets) -> scalar``: a recovery fine-tune's loss
+on one batch (the teacher is the original model)."""
+
 
 def accuracy(outputs: np.ndarray, targets: np.ndarray) -> float:
     """Top-1 accuracy in percent (0-100) of scores ``outputs`` [N, C] against ``targets`` [N]."""
@@ -58,18 +62,16 @@ class DataSplit:
 class Workload:
     """A trained model and what it is judged on. This is the bring-your-own contract.
 
-        A ``--model module:function`` callable takes no arguments and returns one of these.
+    A ``--model module:function`` callable takes no arguments and returns one of these.
 
-        Example:
-            >>> import torch
-            >>> from torch import nn
-
-    from envs.workloads.inputs import Inputs, batch_size, check_like, take
-            >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval()
-            >>> x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
-            >>> wl = Workload("toy", model, x[:1], DataSplit(x, y), DataSplit(x, y))
-            >>> wl.example_input.shape
-            torch.Size([1, 4])
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval()
+        >>> x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+        >>> wl = Workload("toy", model, x[:1], DataSplit(x, y), DataSplit(x, y))
+        >>> wl.example_input.shape
+        torch.Size([1, 4])
     """
 
     name: str
@@ -86,7 +88,12 @@ class Workload:
     metric: Metric = accuracy
     """``metric(outputs, targets)``; the default is top-1 accuracy in percent."""
     higher_is_better: bool = True
-    """Whether a larger ``metric`` is better."""
+    """Whether a larger ``metric`` is better (a drop is always counted as getting worse)."""
+    loss: DistillLoss | None = None
+    """The recovery fine-tune's loss, ``loss(student_out, teacher_out, targets)`` → a scalar
+    tensor (None: chosen from the targets, `runners.recovery.task_loss`: class indices get
+    soft-target distillation plus cross-entropy; anything else, e.g. embeddings or
+    regression, feature matching to the original model's outputs)."""
     description: str = ""
     """One line for ``layerpilot workloads``."""
     info: dict[str, object] = field(default_factory=dict)
