@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from typing import Any
 
 from agent.cli.common import (
@@ -18,6 +19,8 @@ from agent.cli.console import console, print_json
 
 
 def add_parser(sub: Any) -> None:
+    from runners.recovery import RECOVERY_PRESETS
+
     p = sub.add_parser("evaluate", help="build a strategy and measure it against the baseline")
     add_workload_args(p)
     p.add_argument(
@@ -26,6 +29,13 @@ def add_parser(sub: Any) -> None:
         help='strategy JSON file, or inline JSON such as \'{"*": {"precision": "int8"}}\'',
     )
     add_measure_args(p)
+    p.add_argument(
+        "--recovery",
+        default="none",
+        choices=list(RECOVERY_PRESETS),
+        help="distillation fine-tune of the candidate before it is measured: none (BatchNorm "
+        "re-estimation only, the default), short, or full (what export ships)",
+    )
     add_json(p)
     p.set_defaults(func=run)
 
@@ -36,9 +46,11 @@ def run(args: argparse.Namespace) -> int:
     from runners.build import Subject
     from runners.evaluate import evaluate
     from runners.metrics import format_count
+    from runners.recovery import recovery_preset
 
     strategy = read_strategy(args.strategy)
     config = eval_config(args)
+    config = replace(config, build=replace(config.build, recovery=recovery_preset(args.recovery)))
     wl = load_workload(args)
     subject = Subject.prepare(wl)
     started = time.perf_counter()
@@ -48,11 +60,15 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(data)
         return 0
-    table = Table(title=f"{wl.name}: strategy {data['strategy_key']} on {data['runtime']}")
+    table = Table(
+        title=f"{wl.name}: strategy {data['strategy_key']} on {data['runtime']}, "
+        f"{args.recovery} recovery"
+    )
     table.add_column("")
     table.add_column("baseline", justify="right")
     table.add_column("optimized", justify="right")
-    table.add_row("accuracy %", f"{data['baseline_accuracy']:.2f}", f"{data['accuracy']:.2f}")
+    table.add_row("metric", f"{data['baseline_accuracy']:.2f}", f"{data['accuracy']:.2f}")
+    table.add_row("drop (points)", "", f"{data['accuracy_drop']:+.2f}")
     table.add_row(
         "latency median ms",
         f"{data['baseline_latency_ms']:.3f}",

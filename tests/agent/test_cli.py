@@ -72,6 +72,23 @@ def test_evaluate_identity_strategy_keeps_baseline_accuracy():
     assert data["flops"] == data["baseline_flops"]
 
 
+def test_evaluate_recovery_fine_tunes_the_plan_before_measuring_it():
+    """What a plan gives after recovery, without a search."""
+    plan = ("--strategy", '{"*": {"prune": 0.75}}', "--max-seconds", "1", "--json")
+    runs = {
+        level: layerpilot("evaluate", "--model", BYO, *plan, "--recovery", level)
+        for level in ("none", "short")
+    }
+
+    for proc in runs.values():
+        assert proc.returncode == 0, proc.stderr
+    none, short = (json.loads(runs[level].stdout) for level in ("none", "short"))
+    assert none["info"].get("recovery") is None
+    assert short["info"]["recovery"]["steps"] == 40
+    assert short["accuracy"] > none["accuracy"]
+    assert short["flops"] == none["flops"]  # the same plan, fine-tuned
+
+
 @pytest.mark.parametrize(
     ("strategy", "fragment"),
     [
