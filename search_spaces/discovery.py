@@ -113,6 +113,7 @@ def discover_units(model: nn.Module, example_input: Inputs) -> UnitTable:
                     else 0,
                     output_items=trace.items.get(name, 0),
                     skip_reason=_why_not_skippable(name, mod, trace, layouts),
+                    gate_reason=_why_not_gated(name, example_input, trace),
                     prune_reason="a block: prune its layers",
                     **base,
                 )
@@ -263,6 +264,17 @@ def _is_block_candidate(
     in_container = isinstance(parent, nn.Sequential | nn.ModuleList) and len(parent) >= 2
     has_compute = any(isinstance(m, LAYER_TYPES) for m in mod.modules())
     return in_container and has_compute
+
+
+def _why_not_gated(name: str, example_input: Inputs, trace: _Trace) -> str | None:
+    """Why dynamic skip cannot gate the block (its controller reads one input tensor and
+    mixes the block's tensor output with its input)."""
+    if not isinstance(example_input, torch.Tensor):
+        kind = type(example_input).__name__
+        return f"the model takes a {kind} of inputs; the gate's controller reads one tensor"
+    if name in trace.items:
+        return "returns a tuple (a Hugging Face layer): the gate mixes tensors; skip takes it"
+    return None
 
 
 def _why_not_skippable(

@@ -77,6 +77,9 @@ class Unit:
     """Why the structure forbids pruning this unit (``None``: the graph allows it)."""
     skip_reason: str | None = None
     """Why this unit cannot be skipped (``None``: a residual block that can)."""
+    gate_reason: str | None = None
+    """Why a per-input gate cannot wrap this block although it may be skipped (a tuple
+    output, a model that does not take one tensor)."""
     allowed: dict[str, str | None] = field(default_factory=dict)
     """Action name -> ``None`` if allowed, else the reason it is masked (set by the registry)."""
 

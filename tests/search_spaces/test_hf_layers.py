@@ -81,6 +81,7 @@ def test_every_layer_offers_skip_head_pruning_ffn_width_and_precision(subject: S
     for i in range(LAYERS):
         layer, attention = units[LAYER.format(i)], units[ATTENTION.format(i)]
         assert layer.allows("skip"), layer.allowed
+        assert "reads one tensor" in layer.allowed["dynamic_skip"]  # a dict of token inputs
         assert attention.kind == "attention" and attention.heads == HEADS
         assert attention.allows("prune"), attention.allowed
         ffn = units[f"{LAYER.format(i)}.intermediate.dense"]

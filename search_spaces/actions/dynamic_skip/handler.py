@@ -87,12 +87,7 @@ class DynamicSkipHandler(ActionHandler):
         return DynamicSkipConfig(value)
 
     def why_not(self, unit: Unit) -> str | None:
-        if unit.output_items:
-            return (
-                "returns a tuple (a Hugging Face layer): the gate mixes tensors; "
-                "static skip takes it"
-            )
-        return block_reason(unit)
+        return block_reason(unit) or unit.gate_reason
 
     def flops_saving(self, value: Any) -> float:
         alpha = self.parse(value).alpha
