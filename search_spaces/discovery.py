@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from search_spaces.actions import annotate  # the registry decides allowed/masked
-from search_spaces.heads import HeadLayout, head_layout, keep_heads
+from search_spaces.heads import HeadLayout, head_layout
+from search_spaces.probing import call_model, dead_modules, trial_heads
 from search_spaces.units import LAYER_TYPES, RESIDUAL_TYPES, Unit, UnitTable
 
 if TYPE_CHECKING:
@@ -39,11 +40,13 @@ def discover_units(model: nn.Module, example_input: Inputs) -> UnitTable:
     flops = flops_by_module(model, example_input)
     total_flops = flops.get("", 0) or sum(v for k, v in flops.items() if "." not in k)
     modules = dict(model.named_modules())
-    dead = _dead_modules(model, example_input)
+    dead = dead_modules(model, example_input)
     layouts = {
         name: layout for name in trace.order if (layout := head_layout(model, name)) is not None
     }
-    head_reasons = _trial_heads(model, example_input, list(layouts.values()), trace)
+    head_reasons = trial_heads(
+        model, example_input, list(layouts.values()), trace.model_output_shape
+    )
     attention_children = {
         path for layout in layouts.values() for path in (*layout.projections, layout.out)
     }
@@ -173,80 +176,12 @@ def _trace_calls(model: nn.Module, example_input: Inputs) -> _Trace:
             handles.append(mod.register_forward_hook(post(name)))
     try:
         with torch.no_grad():
-            out = _forward(model, example_input)
+            out = call_model(model, example_input)
     finally:
         for h in handles:
             h.remove()
     trace.model_output_shape = tuple(out.shape) if isinstance(out, torch.Tensor) else ()
     return trace
-
-
-def _float_tensors(out: Any) -> list[torch.Tensor]:
-    """The floating-point tensors in a model output (a tensor, a tuple, a dict, a
-    ``ModelOutput``)."""
-    if isinstance(out, torch.Tensor):
-        return [out] if out.is_floating_point() else []
-    if isinstance(out, dict):
-        return [t for v in out.values() for t in _float_tensors(v)]
-    if isinstance(out, tuple | list):
-        return [t for v in out for t in _float_tensors(v)]
-    return []
-
-
-def _dead_modules(model: nn.Module, example_input: Inputs) -> set[str]:
-    """Modules with parameters none of which reaches the output (one backward pass). Empty
-    when the output has no floating-point tensor to differentiate or the pass fails."""
-    params = list(model.parameters())
-    was = [p.requires_grad for p in params]
-    try:
-        for p in params:
-            p.requires_grad_(True)
-            p.grad = None
-        with torch.enable_grad():
-            outputs = [t for t in _float_tensors(_forward(model, example_input)) if t.requires_grad]
-            if not outputs:
-                return set()
-            torch.autograd.backward([t.sum() for t in outputs])
-        dead = set()
-        for name, mod in model.named_modules():
-            own = list(mod.parameters())
-            if name and own and all(p.grad is None for p in own):
-                dead.add(name)
-        return dead
-    except Exception:
-        return set()
-    finally:
-        for p, flag in zip(params, was, strict=True):
-            p.grad = None
-            p.requires_grad_(flag)
-
-
-def _trial_heads(
-    model: nn.Module, example_input: Inputs, layouts: list[HeadLayout], trace: _Trace
-) -> dict[str, str]:
-    """Remove one head of every attention layout on a copy (one at a time if that fails);
-    per attention unit, why the model breaks without a head."""
-    candidates = [lay for lay in layouts if lay.heads > 1]
-    if not candidates:
-        return {}
-
-    def trial(group: list[HeadLayout]) -> str | None:
-        copy_ = copy.deepcopy(model)
-        try:
-            for lay in group:
-                keep_heads(copy_, lay, list(range(1, lay.heads)))
-            with torch.no_grad():
-                out = _forward(copy_, example_input)
-        except Exception as exc:
-            return f"removing a head breaks the model ({type(exc).__name__}: {exc!s:.100})"
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else ()
-        if shape != trace.model_output_shape:
-            return f"removing a head changes the output shape to {list(shape)}"
-        return None
-
-    if trial(candidates) is None:
-        return {}
-    return {lay.attention: why for lay in candidates if (why := trial([lay])) is not None}
 
 
 def _is_block_candidate(
@@ -387,7 +322,7 @@ def _trial_prune(
             return "too few channels to prune"
         group.prune()
         with torch.no_grad():
-            out = _forward(trial, example_input)
+            out = call_model(trial, example_input)
     except Exception as exc:
         return f"removing a channel breaks the model ({type(exc).__name__}: {exc!s:.100})"
     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else ()
@@ -397,14 +332,3 @@ def _trial_prune(
             f"{list(output_shape)} → {list(shape)}"
         )
     return None
-
-
-def _forward(model: nn.Module, x: Inputs) -> Any:
-    """``model(x)``, ``model(*x)`` or ``model(**x)``: the rule of
-    ``envs.workloads.inputs.call`` (and of torch-pruning's tracer), kept here because
-    ``search_spaces`` sits below ``envs``."""
-    if isinstance(x, torch.Tensor):
-        return model(x)
-    if isinstance(x, tuple | list):
-        return model(*x)
-    return model(**x)
