@@ -13,6 +13,11 @@ A search with a time budget gives the table at most `PROBE_SHARE` of it: probes 
 most informative first (the whole-model collective ones, then the units with the largest FLOP
 share), and what is left unmeasured keeps its FLOPs estimate. The partial table is cached with
 the probes it still lacks, and the next search on the same setup measures those first.
+
+Identical layers share their probes (`probe_twins`): the same choice on a unit of the same kind,
+type, shapes and coupling is measured once and its score stands for every twin. A 12-layer
+encoder's table costs what one layer's does; the twins' accuracy is the representative's (the
+first in execution order), an approximation the search's own candidates then correct.
 """
 
 from __future__ import annotations
@@ -94,13 +99,15 @@ def measure_probes(
         (0 when everything came from the cache).
     """
     plan = probe_plan(space)
+    twins = probe_twins(space, plan)
     strategies = [probe_strategy(space, p) for p in plan] + collective_probes(space)
     key = table_key(scope, space)
     stem = re.sub(r"[^\w.-]+", "_", str(scope["workload"]))
     cache_file = None if cache_dir is None else cache_dir / f"{stem}-{key}.json"
     results = None if cache_file is None else _load(cache_file, key, len(strategies))
     results = results if results is not None else {}
-    todo = [i for i in probe_order(space, plan, len(strategies)) if i not in results]
+    order = probe_order(space, plan, len(strategies))
+    todo = [i for i in order if i not in results and twins.get(i, i) == i]
     seconds = 0.0
     if todo:
         start = time.perf_counter()
@@ -108,12 +115,29 @@ def measure_probes(
         results.update(_measure(strategies, todo, executor, progress, deadline))
         seconds = time.perf_counter() - start
         if cache_file is not None:
-            stored = [results.get(i, MISSING) for i in range(len(strategies))]
+            stored = [results.get(i, MISSING) for i in range(len(strategies))]  # twins: MISSING
             _store(cache_file, key, seconds, stored)
-    measured = {plan[i]: r for i, r in results.items() if i < len(plan)}
+    measured = {plan[i]: results[twins[i]] for i in range(len(plan)) if twins[i] in results}
     table = probe_cost_model(space, measured)
     probes = [(strategies[i], results[i]) for i in range(len(strategies)) if i in results]
     return table, probes, seconds
+
+
+def probe_twins(space: DecisionSpace, plan: list[tuple[int, str, int]]) -> dict[int, int]:
+    """For each single-choice probe, the index of the probe measured in its place: the first in
+    ``plan`` with the same choice on an identical unit (kind, module type, widths, kernel,
+    stride, groups, heads, input and output shapes, coupled group size); itself if none is."""
+    first: dict[tuple[Any, ...], int] = {}
+    twins: dict[int, int] = {}
+    for i, (step, action, choice) in enumerate(plan):
+        u = space.steps[step].unit
+        signature = (
+            action, str(space.steps[step].options[action][choice]), u.kind, u.module_type,
+            u.in_channels, u.out_channels, u.kernel, u.stride, u.groups, u.heads,
+            u.input_shape, u.output_shape, u.output_items, len(u.prune_group),
+        )  # fmt: skip
+        twins[i] = first.setdefault(signature, i)
+    return twins
 
 
 def probe_order(space: DecisionSpace, plan: list[tuple[int, str, int]], total: int) -> list[int]:

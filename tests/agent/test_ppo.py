@@ -179,11 +179,11 @@ def test_probe_table_written_before_scores_still_loads(
     [path] = tmp_path.glob("*.json")
     stored = json.loads(path.read_text())
     # the pre-issue-15 shape: a subset of each result's to_dict()
+    keep = ("accuracy_drop", "speedup", "ideal_speedup")
     stored["results"] = [
-        None if s is None else {"accuracy": 99.0, "accuracy_drop": s.accuracy_drop,
-                                "speedup": s.speedup, "latency_ms": 1.0,
-                                "ideal_speedup": s.ideal_speedup, "flops": 10}
-        for _, s in probes
+        r if r is None or r == "missing"
+        else {"accuracy": 99.0, "latency_ms": 1.0, "flops": 10, **{k: r[k] for k in keep}}
+        for r in stored["results"]
     ]  # fmt: skip
     path.write_text(json.dumps(stored))
     executor = ProbeExecutor()
@@ -232,7 +232,32 @@ def test_probe_budget_measures_the_most_informative_first_and_the_next_search_th
 
     rest = TimedExecutor()
     full_table, all_probes, _ = measure_probes(space, rest, tmp_path, SCOPE)  # type: ignore[arg-type]
-    assert len(rest.submitted) == len(plan) + len(collective) - 5
+    distinct = len(set(probes_module.probe_twins(space, plan).values())) + len(collective)
+    assert len(rest.submitted) == distinct - 5
     assert not {s.key() for s in rest.submitted} & measured
-    assert len(all_probes) == len(plan) + len(collective)
+    assert len(all_probes) == distinct
     assert full_table.drop[step][name][index] != flops.drop[step][name][index]
+
+
+def test_identical_layers_share_their_probes(space: DecisionSpace, tmp_path: Path) -> None:
+    """The same choice on two units of the same shape is measured once; the table gives both
+    the measured score."""
+    import agent.probes as probes_module
+    from agent.probes import measure_probes
+
+    plan = probe_plan(space)
+    twins = probes_module.probe_twins(space, plan)
+    shared = [(i, rep) for i, rep in twins.items() if rep != i]
+    assert shared  # the toy ResNet repeats its blocks
+    executor = ProbeExecutor()
+
+    table, probes, _ = measure_probes(space, executor, tmp_path, SCOPE)  # type: ignore[arg-type]
+
+    submitted = {s.key() for s in executor.submitted}
+    assert len(submitted) == len(executor.submitted) == len(probes)
+    for i, rep in shared:
+        twin, measured = plan[i], plan[rep]
+        assert probes_module.probe_strategy(space, twin).key() not in submitted
+        assert space.steps[twin[0]].unit.name != space.steps[measured[0]].unit.name
+        step, name, index = twin
+        assert table.drop[step][name][index] == table.drop[measured[0]][measured[1]][measured[2]]
