@@ -39,7 +39,6 @@ from agent.interrupts import Interrupts
 from agent.placement import NOT_PINNED, pin_driver, plan_placement, torch_threads
 from agent.ray_init import init_ray, needs_ray
 from agent.records import CandidateRecord
-from agent.report import DROP_BUDGET
 from agent.resume import reopen
 from agent.search_dir import CandidateLog, SearchDir, SearchState, SearchStatus, TrackingIds
 from agent.wrapup import baseline_accuracy_of, baseline_summary, finish, summarize
@@ -323,11 +322,11 @@ def _run(
             assert agent is not None
             busy = set(in_flight)
             if not searching and confirmations < config.confirm and not out_of_time(0.0):
-                todo = to_confirm(records, schedule, config.reward, DROP_BUDGET, busy)
+                todo = to_confirm(records, schedule, config.reward, config.reward.max_drop, busy)
                 if todo:
                     confirmations += 1
                     return todo[0], schedule.top, Proposal(todo[0], {"origin": "confirm"})
-            due = promotions(records, schedule, config.reward, busy, bound=DROP_BUDGET)
+            due = promotions(records, schedule, config.reward, busy, bound=config.reward.max_drop)
             for strategy, level in due:
                 if searching or fits(level):
                     return strategy, level, Proposal(strategy, {"origin": "promoted"})

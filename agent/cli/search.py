@@ -92,7 +92,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--reward", choices=REWARD_MODES, help="reward mode (default tradeoff)")
     p.add_argument("--lam", type=float, help="tradeoff: accuracy points per doubling of speed")
     p.add_argument("--target-speedup", type=float, help="target mode: speedup to reach")
-    p.add_argument("--max-drop", type=float, help="max-drop mode: accuracy-drop bound (points)")
+    p.add_argument(
+        "--max-drop",
+        type=float,
+        help="the accuracy-drop bound in points (default 1): what promotion to the deployed "
+        "level and the confirmations aim within, and the max-drop mode's bound",
+    )
     p.add_argument("--runtime", help="runtime (`layerpilot runtimes`; default onnxruntime-cpu)")
     p.add_argument("--threads", type=int, help="runtime intra-op threads (default 1)")
     p.add_argument("--batch-size", type=int, help="latency batch size (default 1)")
