@@ -29,3 +29,43 @@ def write_table(path: Path, text: str) -> None:
     old = path.read_text() if path.exists() else ""
     reading = old[old.index(READING) :] if READING in old else ""
     path.write_text(text.rstrip("\n") + "\n" + reading)
+
+
+class Log:
+    """The benchmark's rows, appended as they finish."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+    def find(self, **key: Any) -> dict[str, Any] | None:
+        return next((r for r in self.rows if all(r.get(k) == v for k, v in key.items())), None)
+
+    def add(self, row: dict[str, Any]) -> dict[str, Any]:
+        self.rows.append(row)
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        return row
+
+
+def measure_full(subject: Any, strategy: Any, recovery: str = "full") -> dict[str, Any]:
+    """``strategy`` built with ``recovery`` (BatchNorm on 8 batches, as the search builds) and
+    measured on ONNX Runtime CPU, batch 1, 1 thread, beside the baseline timed right after it
+    (paired); the drop follows the workload's metric direction."""
+    from runners.build import BuildConfig
+    from runners.evaluate import EvalConfig, measure
+    from runners.recovery import RECOVERY_PRESETS
+    from runners.result import metric_drop
+    from search_spaces import Strategy
+
+    config = EvalConfig(build=BuildConfig(bn_batches=8, recovery=RECOVERY_PRESETS[recovery]))
+    m = measure(subject, strategy, config)
+    base = measure(subject, Strategy(), config)  # paired: the machine's load drifts
+    return {
+        "accuracy": m.accuracy,
+        "drop": metric_drop(base.accuracy, m.accuracy, subject.workload.higher_is_better),
+        "latency_ms": m.latency.median_ms,
+        "spread": m.latency.spread,
+        "baseline_latency_ms": base.latency.median_ms,
+        "speedup": base.latency.median_ms / m.latency.median_ms,
+    }

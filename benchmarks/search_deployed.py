@@ -29,7 +29,6 @@ Rows go to ``<out>.jsonl`` as they finish: an interrupted run resumes where it s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -37,7 +36,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from _common import run_search_json, write_table
+from _common import Log, measure_full, run_search_json, write_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -46,41 +45,6 @@ RUNS = ("ppo:0", "ppo:1", "ppo:2", "tpe:0", "random:0")
 RATIOS = (0.5, 0.625, 0.75, 0.875)
 MAX_DROP = 1.0
 HV_MARGIN = 10.0
-
-
-class Log:
-    """The benchmark's rows, appended as they finish."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.rows = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
-
-    def find(self, **key: Any) -> dict[str, Any] | None:
-        return next((r for r in self.rows if all(r.get(k) == v for k, v in key.items())), None)
-
-    def add(self, row: dict[str, Any]) -> dict[str, Any]:
-        self.rows.append(row)
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        return row
-
-
-def measure_full(subject: Any, strategy: Any) -> dict[str, Any]:
-    from runners.build import BuildConfig
-    from runners.evaluate import EvalConfig, measure
-    from runners.recovery import RECOVERY_PRESETS
-    from search_spaces import Strategy
-
-    config = EvalConfig(build=BuildConfig(bn_batches=8, recovery=RECOVERY_PRESETS["full"]))
-    m = measure(subject, strategy, config)
-    base = measure(subject, Strategy(), config)  # paired: the machine's load drifts
-    return {
-        "accuracy": m.accuracy,
-        "latency_ms": m.latency.median_ms,
-        "spread": m.latency.spread,
-        "baseline_latency_ms": base.latency.median_ms,
-        "speedup": base.latency.median_ms / m.latency.median_ms,
-    }
 
 
 def hand_pipeline(subject: Any, log: Log) -> None:
