@@ -40,7 +40,14 @@ from agent.placement import NOT_PINNED, pin_driver, plan_placement, torch_thread
 from agent.ray_init import init_ray, needs_ray
 from agent.records import CandidateRecord
 from agent.resume import reopen
-from agent.search_dir import CandidateLog, SearchDir, SearchState, SearchStatus, TrackingIds
+from agent.search_dir import (
+    CandidateLog,
+    SearchDir,
+    SearchDirError,
+    SearchState,
+    SearchStatus,
+    TrackingIds,
+)
 from agent.wrapup import baseline_accuracy_of, baseline_summary, finish, summarize
 from envs.reward import reward
 from runners.job import Outcome
@@ -182,6 +189,11 @@ def _run(
         sdir, state, records = reopened.sdir, reopened.state, reopened.records
     else:
         sdir = SearchDir(config.out or default_out_dir(config))
+        if sdir.exists():
+            raise SearchDirError(
+                f"{sdir.path} already holds a search: continue it with `layerpilot search "
+                f"--resume {sdir.path}`, or give a new --out"
+            )
         state = SearchState(config=config.to_dict(), status="RUNNING", eval_spec=eval_spec(config))
     assert state.eval_spec is not None
     spec = state.eval_spec
@@ -266,7 +278,7 @@ def _run(
         def land(outcome: Outcome, proposal: Proposal, cached: bool) -> None:
             assert agent is not None and tracker is not None and log is not None
             raw = CandidateRecord(
-                index=len(records),
+                index=max((r.index for r in records), default=-1) + 1,  # a skipped line: a gap
                 outcome=outcome,
                 reward=reward(outcome.result if outcome.ok else None, config.reward),
                 source=agent.name,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,11 @@ _STATE_KEYS = ("config", "status", "mlflow", "baseline", "summary", "runs", "res
 
 class SearchDirError(ValueError):
     """A search directory that is missing or unreadable (the message names the file and why)."""
+
+
+class DamagedRecordWarning(UserWarning):
+    """A line of ``candidates.jsonl`` is not a candidate record: it is skipped, the others are
+    used (a resumed search lands that candidate again from its cache)."""
 
 
 @dataclass(frozen=True)
@@ -291,12 +297,12 @@ class SearchDir:
     def records(self) -> list[CandidateRecord]:
         """The candidates in ``candidates.jsonl``, in evaluation order.
 
-        A truncated last line (a crash mid-append) is ignored; a bad line elsewhere is an error.
-        A search directory without the file (stopped before its first candidate) has none.
+        A truncated last line (a crash mid-append) is ignored; a bad line elsewhere is skipped
+        with a `DamagedRecordWarning` naming ``path:line``, and every other record is kept. A
+        search directory without the file (stopped before its first candidate) has none.
 
         Raises:
-            SearchDirError: A line other than the last is not a candidate record (``path:line``
-                in the message), or there is neither ``candidates.jsonl`` nor ``search.json``.
+            SearchDirError: There is neither ``candidates.jsonl`` nor ``search.json``.
         """
         path = self.candidates_path
         if not path.is_file():
@@ -308,10 +314,15 @@ class SearchDir:
         for number, line in enumerate(lines, start=1):
             try:
                 records.append(CandidateRecord.from_dict(json.loads(line)))
-            except (ValueError, KeyError, TypeError) as exc:
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 if number == len(lines):
                     break
-                raise SearchDirError(f"{path}:{number}: not a candidate record ({exc})") from exc
+                warnings.warn(
+                    f"{path}:{number}: not a candidate record ({exc!s:.120}); skipped, the other "
+                    f"{len(lines) - 1} lines are used",
+                    DamagedRecordWarning,
+                    stacklevel=2,
+                )
         return records
 
     def trim_torn_record(self) -> None:

@@ -19,6 +19,7 @@ from agent.export import SearchSource, choose_candidate
 from agent.fidelity import PRIOR_SIGMA, PRIORS, Calibration, Schedule, promotions, to_confirm
 from agent.records import CandidateRecord
 from agent.report import load_records, write_report
+from agent.search_dir import DamagedRecordWarning, SearchDirError
 from envs.reward import RewardConfig, reward
 from runners.job import EvalSpec, Outcome
 from search_spaces import Strategy
@@ -291,6 +292,39 @@ def test_resume_across_fidelities_measures_nothing_again(
     assert len(landed) == len(set(landed))
     assert set(measured) <= set(landed)  # the 4 cut-off records came back from the cache
     assert second.summary["candidates"] == 20
+
+
+def test_a_damaged_middle_record_is_landed_again_from_the_cache_on_resume(
+    tmp_path: Path, fake: FidelityExecutor, workload_cache: Path
+) -> None:
+    first = search_module.run_search(config(tmp_path, workload_cache, budget=8))
+    log = first.out / "candidates.jsonl"
+    lines = log.read_text().splitlines()
+    damaged = json.loads(lines[3])
+    lines[3] = lines[3][: len(lines[3]) // 2]  # a torn write in the middle
+    log.write_text("\n".join(lines) + "\n")
+
+    with pytest.warns(DamagedRecordWarning, match="candidates.jsonl:4"):
+        second = search_module.run_search(config(tmp_path, workload_cache, budget=10), resume=True)
+
+    assert len(fake.submitted) == len(set(fake.submitted))  # nothing measured again
+    indices = [r.index for r in second.records]
+    assert len(indices) == len(set(indices))
+    again = [r for r in second.records if r.extras.get("origin") == "resumed"]
+    key = (damaged["outcome"]["strategy"], damaged["outcome"]["fidelity"])
+    assert [(r.strategy.to_dict(), r.fidelity) for r in again] == [key]
+
+
+def test_search_into_a_directory_that_holds_a_search_is_refused(
+    tmp_path: Path, fake: FidelityExecutor, workload_cache: Path
+) -> None:
+    first = search_module.run_search(config(tmp_path, workload_cache, budget=3))
+    before = (first.out / "candidates.jsonl").read_text()
+
+    with pytest.raises(SearchDirError, match=r"already holds a search.*--resume"):
+        search_module.run_search(config(tmp_path, workload_cache, budget=3))
+
+    assert (first.out / "candidates.jsonl").read_text() == before
 
 
 def test_time_budget_confirms_the_front_and_uses_the_rest(

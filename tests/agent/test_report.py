@@ -172,12 +172,16 @@ def test_load_records_ignores_truncated_last_line(tmp_path: Path):
     assert loaded == records
 
 
-def test_load_records_raises_when_a_middle_line_is_corrupt(tmp_path: Path):
-    good = json.dumps(record(0, 94.0, 2.0).to_dict())
-    (tmp_path / "candidates.jsonl").write_text(f"{good}\n{{not json\n{good}\n")
+def test_load_records_skips_a_corrupt_middle_line_naming_it(tmp_path: Path):
+    from agent.search_dir import DamagedRecordWarning
 
-    with pytest.raises(ValueError, match=r"candidates\.jsonl:2"):
-        load_records(tmp_path)
+    first, last = (json.dumps(record(i, 94.0, 2.0).to_dict()) for i in (0, 1))
+    (tmp_path / "candidates.jsonl").write_text(f"{first}\n{{not json\n{last}\n")
+
+    with pytest.warns(DamagedRecordWarning, match=r"candidates\.jsonl:2"):
+        records = load_records(tmp_path)
+
+    assert [r.index for r in records] == [0, 1]
 
 
 def test_records_from_runs_rebuilds_strategy_from_params_when_artifact_missing():

@@ -15,7 +15,13 @@ import pytest
 from agent.config import SearchConfig, config_from_dict, eval_spec
 from agent.records import CandidateRecord
 from agent.report import load_records
-from agent.search_dir import SearchDir, SearchDirError, SearchState, TrackingIds
+from agent.search_dir import (
+    DamagedRecordWarning,
+    SearchDir,
+    SearchDirError,
+    SearchState,
+    TrackingIds,
+)
 from runners.job import EvalSpec, Outcome
 from search_spaces import Strategy
 
@@ -116,13 +122,18 @@ def test_candidate_log_trims_a_torn_last_line_before_appending(tmp_path: Path) -
     assert sdir.records() == [_record(0), _record(1)]
 
 
-def test_a_corrupt_middle_record_names_its_line(tmp_path: Path) -> None:
+def test_a_corrupt_middle_record_is_skipped_naming_its_line_and_the_rest_kept(
+    tmp_path: Path,
+) -> None:
     sdir = SearchDir(tmp_path)
-    good = json.dumps(_record(0).to_dict())
-    sdir.candidates_path.write_text(f"{good}\n{{not json\n{good}\n")
+    first, second = (json.dumps(_record(i).to_dict()) for i in range(2))
+    sdir.candidates_path.write_text(f"{first}\n{{not json\n[]\n{second}\n")
 
-    with pytest.raises(SearchDirError, match=r"candidates\.jsonl:2"):
-        sdir.records()
+    with pytest.warns(DamagedRecordWarning, match=r"candidates\.jsonl:2") as caught:
+        records = sdir.records()
+
+    assert records == [_record(0), _record(1)]
+    assert any("candidates.jsonl:3" in str(w.message) for w in caught)
 
 
 def test_a_search_without_candidates_yet_has_none(tmp_path: Path) -> None:
