@@ -217,7 +217,9 @@ class Tracker:
         """Reopen a killed search's parent run and make its candidate runs match ``records``.
 
         A candidate whose run is missing, or was cut off before it ended (still RUNNING), is
-        logged again (the cut-off run is deleted). Returns ``{record index: run id}``.
+        logged again (the cut-off run is deleted); a run whose record is gone from ``records``
+        (cut from ``candidates.jsonl``: the search lands it again) is deleted, so no candidate
+        has two runs. Returns ``{record index: run id}``.
         """
         self.client.update_run(parent_run_id, status="RUNNING")
         self.parent_run_id = parent_run_id
@@ -233,6 +235,12 @@ class Tracker:
                     self._pareto.add(run["run_id"])
             else:  # cut off mid-write by the kill, or a duplicate
                 self.client.delete_run(run["run_id"])
+        kept = {record.index for record in records}
+        for index in [i for i in complete if i not in kept]:
+            # its record was cut from candidates.jsonl: the search lands it again, as a new run
+            orphan = complete.pop(index)
+            self.client.delete_run(orphan)
+            self._pareto.discard(orphan)
         return {
             record.index: complete.get(record.index) or self.log_candidate(record)
             for record in records

@@ -315,6 +315,27 @@ def test_a_damaged_middle_record_is_landed_again_from_the_cache_on_resume(
     assert [(r.strategy.to_dict(), r.fidelity) for r in again] == [key]
 
 
+def test_a_record_cut_from_a_finished_search_has_one_mlflow_run_after_resume(
+    tmp_path: Path, fake: FidelityExecutor, workload_cache: Path
+) -> None:
+    first = search_module.run_search(config(tmp_path, workload_cache, budget=6))
+    log = first.out / "candidates.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(lines[:-1]) + "\n")  # the last record lost, its run still there
+
+    second = search_module.run_search(config(tmp_path, workload_cache, budget=7), resume=True)
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    state = json.loads((second.out / "search.json").read_text())
+    runs = client.search_runs(
+        [state["mlflow"]["experiment_id"]],
+        f"tags.mlflow.parentRunId = '{second.parent_run_id}' and tags.`layerpilot.kind` = "
+        "'candidate'",
+    )
+    indices = [r.data.tags["layerpilot.index"] for r in runs]
+    assert len(indices) == len(set(indices)) == len(second.records)
+
+
 def test_search_into_a_directory_that_holds_a_search_is_refused(
     tmp_path: Path, fake: FidelityExecutor, workload_cache: Path
 ) -> None:
