@@ -64,6 +64,30 @@ def read_json_artifact(artifact_uri: str, name: str) -> dict[str, Any] | None:
 
 
 @contextmanager
+def store_setup_lock(tracking_uri: str) -> Iterator[None]:
+    """Hold an exclusive lock beside a local SQLite store while it is opened for the first time.
+
+    MLflow creates and migrates the schema on first use, and creates the experiment if it is
+    missing; two searches started at once on a fresh store would race there (one dies in
+    alembic's migration). Other stores need no lock: a server serialises its own setup.
+    """
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix) or tracking_uri == prefix:
+        yield
+        return
+    import fcntl
+
+    database = Path(tracking_uri[len(prefix) :].split("?", 1)[0])
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
 def using_tracking_uri(uri: str) -> Iterator[None]:
     """Make ``uri`` the process-wide tracking URI for the block, and restore the previous one.
 
@@ -76,4 +100,10 @@ def using_tracking_uri(uri: str) -> Iterator[None]:
         yield
 
 
-__all__ = ["artifact_root", "default_tracking_uri", "read_json_artifact", "using_tracking_uri"]
+__all__ = [
+    "artifact_root",
+    "default_tracking_uri",
+    "read_json_artifact",
+    "store_setup_lock",
+    "using_tracking_uri",
+]

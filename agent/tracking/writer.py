@@ -43,7 +43,7 @@ from agent.tracking.keys import (
 )
 from agent.tracking.models import log_torch_model
 from agent.tracking.readers import load_search_runs
-from agent.tracking.uri import artifact_root, default_tracking_uri
+from agent.tracking.uri import artifact_root, default_tracking_uri, store_setup_lock
 
 if TYPE_CHECKING:
     import torch
@@ -78,8 +78,9 @@ class Tracker:
             workdir.mkdir(parents=True, exist_ok=True)
             tracking_uri = default_tracking_uri(workdir)
         self.tracking_uri = tracking_uri
-        self.client: MlflowClient = MlflowClient(tracking_uri)
-        self.experiment_id = self._ensure_experiment(experiment)
+        with store_setup_lock(tracking_uri):  # a fresh store's schema is created here, once
+            self.client: MlflowClient = MlflowClient(tracking_uri)
+            self.experiment_id = self._ensure_experiment(experiment)
         self.parent_run_id: str | None = None
         self._pareto: set[str] = set()
 

@@ -553,3 +553,23 @@ def test_log_export_raises_before_logging_when_torch_export_has_no_model(
         log_export(_torch_export(tmp_path / "out"), tracking_uri=store, experiment="no-model")
 
     assert MlflowClient(store).get_experiment_by_name("no-model") is None
+
+
+def _open_tracker(uri: str, barrier) -> str:  # type: ignore[no-untyped-def]
+    from agent.tracking import Tracker
+
+    barrier.wait()  # every process opens the fresh store at the same moment
+    return Tracker(uri, "race").experiment_id
+
+
+def test_searches_started_at_once_on_a_fresh_sqlite_store_all_open_it(tmp_path: Path) -> None:
+    import multiprocessing
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager:
+        barrier = manager.Barrier(3)
+        with context.Pool(3) as pool:
+            ids = pool.starmap(_open_tracker, [(uri, barrier)] * 3)
+
+    assert len(set(ids)) == 1  # one schema, one experiment, three searches in it
