@@ -266,12 +266,15 @@ def eval_spec(config: SearchConfig) -> EvalSpec:
         >>> eval_spec(SearchConfig(threads=2)).eval.threads
         2
     """
+    from envs.workloads import pin_model_spec
     from runners.evaluate import EvalConfig
     from runners.job import EvalSpec
 
+    model, digest = (None, None) if config.model is None else pin_model_spec(config.model)
     return EvalSpec(
         workload=config.workload,
-        model=config.model,
+        model=model,
+        model_sha256=digest,
         seed=config.seed,
         cache_dir=config.cache_dir,
         eval=EvalConfig(

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 Status = Literal["ok", "failed"]
 
 EVAL_SPEC_TYPE = "layerpilot.EvalSpec"
-EVAL_SPEC_VERSION = 1
+EVAL_SPEC_VERSION = 2
 """The current ``_version`` of a persisted `EvalSpec` (`EvalSpec.from_dict` reads <= this)."""
 
 
@@ -41,7 +41,11 @@ class EvalSpec:
     workload: str | None = None
     """A built-in workload name (exclusive with ``model``)."""
     model: str | None = None
-    """A bring-your-own ``module:function`` / ``file.py:function`` spec."""
+    """A bring-your-own ``module:function`` / ``file.py:function`` spec (a file: its absolute
+    path, so the directory imports the same file from any working directory)."""
+    model_sha256: str | None = None
+    """sha256 of the model file when the search started: `load_workload` refuses to import a
+    file that is missing or changed since (a search directory names code it will run)."""
     seed: int = 0
     """Built-in workload training seed."""
     cache_dir: Path | None = None
@@ -57,10 +61,44 @@ class EvalSpec:
     def name(self) -> str:
         return self.workload or str(self.model)
 
+    def check_model_file(self) -> None:
+        """Refuse a pinned model file that is missing or whose content changed.
+
+        Raises:
+            EvalSpecError: The file is not where the search ran, or its sha256 differs.
+        """
+        from envs.workloads import file_digest, model_file
+
+        if self.model is None or self.model_sha256 is None:
+            return
+        path = model_file(self.model)
+        if path is None:
+            return
+        trust = (
+            "importing it runs its code: check it, then name it with --model PATH:FUNCTION "
+            "to use it"
+        )
+        if not path.is_file():
+            raise EvalSpecError(f"the search's model file {path} is not there any more; {trust}")
+        digest = file_digest(path)
+        if digest != self.model_sha256:
+            raise EvalSpecError(
+                f"the search's model file {path} changed since the search ran (sha256 "
+                f"{digest[:12]}… against {self.model_sha256[:12]}…); {trust}"
+            )
+
+    def with_model(self, spec: str) -> EvalSpec:
+        """This spec with another model file, pinned as it is now (``export --model``)."""
+        from envs.workloads import pin_model_spec
+
+        model, digest = pin_model_spec(spec)
+        return replace(self, model=model, model_sha256=digest)
+
     def load_workload(self) -> Workload:
         from envs.workloads import get_workload, load_workload_spec
 
         if self.model is not None:
+            self.check_model_file()
             return load_workload_spec(self.model)
         assert self.workload is not None
         return get_workload(self.workload, seed=self.seed, cache_dir=self.cache_dir)
@@ -77,6 +115,7 @@ class EvalSpec:
             "_version": EVAL_SPEC_VERSION,
             "workload": self.workload,
             "model": self.model,
+            "model_sha256": self.model_sha256,
             "seed": self.seed,
             "cache_dir": None if self.cache_dir is None else str(self.cache_dir),
             "eval": to_json(self.eval),
@@ -107,11 +146,11 @@ class EvalSpec:
                 f"EvalSpec _version {version!r} is not supported (this layerpilot reads versions "
                 f"1..{EVAL_SPEC_VERSION}); upgrade layerpilot to read it"
             )
-        fields = {"workload", "model", "seed", "cache_dir", "eval"}
+        fields = {"workload", "model", "model_sha256", "seed", "cache_dir", "eval"}
         unknown = sorted(set(data) - fields - {"_type", "_version"})
         if unknown:
             raise EvalSpecError(f"EvalSpec has unknown field(s) {', '.join(unknown)}")
-        for name in ("workload", "model", "cache_dir"):
+        for name in ("workload", "model", "model_sha256", "cache_dir"):
             value = data.get(name)
             if value is not None and not isinstance(value, str):
                 raise EvalSpecError(f"EvalSpec field {name!r} must be a string, got {value!r}")
@@ -127,6 +166,7 @@ class EvalSpec:
             return cls(
                 workload=data.get("workload"),
                 model=data.get("model"),
+                model_sha256=data.get("model_sha256"),
                 seed=seed,
                 cache_dir=None if cache_dir is None else Path(cache_dir),
                 eval=config,

@@ -4,6 +4,7 @@ deployable model, and log it to MLflow under the search (`agent.export` does the
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--register", metavar="NAME", help="register the model under NAME in MLflow")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the search's)")
     p.add_argument("--no-mlflow", action="store_true", help="write files only, log nothing")
+    p.add_argument(
+        "--model",
+        metavar="PATH:FUNCTION",
+        help="a bring-your-own search's model file, when it moved or changed since the search "
+        "ran: its code is imported (run), so name only a file you trust",
+    )
     p.add_argument("--json", action="store_true", help="print export.json's summary only")
     p.set_defaults(func=run)
 
@@ -68,6 +75,12 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--rerank must be >= 0, got {args.rerank}")
     check_format(args.format)  # no GPU / no TensorRT: fail before loading anything
     source = load_source(args.target, args.tracking_uri)
+    if args.model is not None:
+        if source.spec.model is None:
+            raise CliError(
+                f"--model: {args.target} searched the built-in {source.spec.name!r}, not a file"
+            )
+        source = replace(source, spec=source.spec.with_model(args.model))
     reranking = args.rerank > 0 and args.candidate == "best"
     record = None if reranking else choose_candidate(source, args.candidate, args.max_drop)
     progress = stderr_progress(not args.json)

@@ -149,6 +149,31 @@ def load_workload_spec(spec: str) -> Workload:
     return result
 
 
+def model_file(spec: str) -> Path | None:
+    """The ``.py`` file a ``path/to/file.py:function`` spec imports (None for a dotted module)."""
+    target = spec.rpartition(":")[0]
+    if Path(target).suffix == ".py" or "/" in target or "\\" in target:
+        return Path(target)
+    return None
+
+
+def pin_model_spec(spec: str) -> tuple[str, str | None]:
+    """``(spec with an absolute file path, sha256 of the file)`` for a file spec; a dotted
+    module spec is returned as it is, with no digest (it is trusted as installed code)."""
+    path = model_file(spec)
+    if path is None or not path.is_file():
+        return spec, None
+    absolute = path.resolve()
+    return f"{absolute}:{spec.rpartition(':')[2]}", file_digest(absolute)
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, hex."""
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _import_target(target: str, spec: str) -> ModuleType:
     path = Path(target)
     if path.suffix == ".py" or "/" in target or "\\" in target:

@@ -62,3 +62,52 @@ def test_turning_ray_token_auth_off_is_warned_about() -> None:
     facts, stderr = _embedded_ray(RAY_AUTH_MODE="disabled")
     assert facts["token"] is False
     assert "Ray token authentication is OFF" in stderr
+
+
+MODEL_FILE = """
+import pathlib, torch
+from torch import nn
+from envs.workloads import DataSplit, Workload
+pathlib.Path(__file__).with_suffix(".ran").write_text("imported")  # proves the code ran
+
+def build():
+    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    model = nn.Sequential(nn.Linear(4, 2)).eval()
+    return Workload("pinned", model, x[:1], DataSplit(x, y), DataSplit(x, y))
+"""
+
+
+def test_a_search_directory_runs_only_the_model_file_the_search_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spec pins the model file (absolute path + sha256): another working directory imports
+    the same file, and a changed or missing file is refused before any of its code runs."""
+    from agent.config import SearchConfig, eval_spec
+    from runners.job import EvalSpec, EvalSpecError
+
+    (tmp_path / "mine").mkdir()
+    source = tmp_path / "mine" / "model.py"
+    source.write_text(MODEL_FILE)
+    marker = source.with_suffix(".ran")
+    monkeypatch.chdir(tmp_path)
+    spec = EvalSpec.from_dict(
+        eval_spec(SearchConfig(workload=None, model="mine/model.py:build")).to_dict()
+    )
+
+    assert spec.model == f"{source.resolve()}:build" and spec.model_sha256 is not None
+    monkeypatch.chdir(tmp_path / "mine")  # elsewhere: the same file, not ./mine/model.py
+    assert spec.load_workload().name == "pinned" and marker.exists()
+
+    marker.unlink()
+    source.write_text(MODEL_FILE + "\nprint('something else')\n")
+    with pytest.raises(EvalSpecError, match=r"model\.py changed since the search ran.*--model"):
+        spec.load_workload()
+    assert not marker.exists()  # refused before importing
+
+    trusted = spec.with_model(f"{source}:build")
+    assert trusted.model_sha256 != spec.model_sha256
+    assert trusted.load_workload().name == "pinned"
+
+    source.unlink()
+    with pytest.raises(EvalSpecError, match="not there any more"):
+        spec.load_workload()

@@ -42,7 +42,9 @@ def test_eval_spec_round_trips_through_json(spec: EvalSpec) -> None:
     assert back == spec
     assert back.cache_scope() == spec.cache_scope()
     assert data["_type"] == EVAL_SPEC_TYPE and data["_version"] == EVAL_SPEC_VERSION
-    assert set(data) == {"_type", "_version", "workload", "model", "seed", "cache_dir", "eval"}
+    assert set(data) == {
+        "_type", "_version", "workload", "model", "model_sha256", "seed", "cache_dir", "eval",
+    }  # fmt: skip
 
 
 def test_eval_spec_nests_every_config() -> None:
@@ -98,7 +100,7 @@ def _spec(**changes: object) -> dict:
 @pytest.mark.parametrize(
     ("data", "match"),
     [
-        (_spec(_version=2), "_version 2 is not supported.*upgrade"),
+        (_spec(_version=3), "_version 3 is not supported.*upgrade"),
         (_spec(_version="1"), "_version '1' is not supported"),
         (_spec(_type="layerpilot.Strategy"), "not an EvalSpec"),
         ({"workload": "digits-resnet"}, "not an EvalSpec"),
