@@ -361,8 +361,11 @@ class SearchDir:
 
     @staticmethod
     def _write_json(path: Path, data: Any) -> None:
+        from runners.serde import strict_json
+
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+        plain = json.loads(json.dumps(data, default=str))  # non-JSON values as text
+        tmp.write_text(json.dumps(strict_json(plain), indent=2, sort_keys=True, allow_nan=False))
         tmp.replace(path)
 
 

@@ -146,4 +146,24 @@ def _value(tp: Any, value: Any, path: str) -> Any:
     raise ConfigFormatError(path, f"cannot read a value of type {tp!r}")  # a new kind of field
 
 
-__all__ = ["ConfigFormatError", "from_json", "to_json"]
+def strict_json(data: Any) -> Any:
+    """``data`` with every non-finite float (NaN, ±inf) replaced by ``None``: what
+    ``json.dumps(..., allow_nan=False)`` accepts, so every parser reads the file (a bare
+    ``NaN`` is not JSON).
+
+    Example:
+        >>> strict_json({"a": float("nan"), "b": [1.5, float("inf")]})
+        {'a': None, 'b': [1.5, None]}
+    """
+    import math
+
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, Mapping):
+        return {k: strict_json(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [strict_json(v) for v in data]
+    return data
+
+
+__all__ = ["ConfigFormatError", "from_json", "strict_json", "to_json"]

@@ -29,6 +29,11 @@ STRATEGY_VERSION = 1
 DEFAULT_KEY = "*"
 
 
+MAX_STRATEGY_BYTES = 1 << 20
+"""The largest strategy text read (1 MiB: ~10 000 units with three actions each); a bigger
+one is refused before it is parsed, not after minutes and gigabytes."""
+
+
 def _freeze(units: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Mapping[str, Any]]:
     frozen = {}
     for unit in sorted(units):
@@ -139,22 +144,41 @@ class Strategy:
 
     @classmethod
     def from_json(cls, text: str) -> Strategy:
-        """Parse JSON text (see :meth:`from_dict`)."""
+        """Parse JSON text (see :meth:`from_dict`); at most `MAX_STRATEGY_BYTES`."""
+        if len(text) > MAX_STRATEGY_BYTES:
+            raise MalformedStrategyError(
+                f"strategy is {len(text):,} characters; the limit is {MAX_STRATEGY_BYTES:,} "
+                "(a strategy names at most one entry per unit)"
+            )
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise MalformedStrategyError(
                 f"strategy is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
             ) from exc
+        except RecursionError:
+            raise MalformedStrategyError("strategy JSON is nested too deeply") from None
         return cls.from_dict(data)
 
     @classmethod
     def load(cls, path: str | Path) -> Strategy:
-        """Read a strategy file; a missing file is a clear error."""
+        """Read a strategy file; a missing, oversized or non-UTF-8 file is a clear error."""
         path = Path(path)
         if not path.is_file():
             raise MalformedStrategyError(f"strategy file {str(path)!r} does not exist")
-        return cls.from_json(path.read_text())
+        size = path.stat().st_size
+        if size > MAX_STRATEGY_BYTES:
+            raise MalformedStrategyError(
+                f"strategy file {str(path)!r} is {size:,} bytes; the limit is "
+                f"{MAX_STRATEGY_BYTES:,} (a strategy names at most one entry per unit)"
+            )
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise MalformedStrategyError(
+                f"strategy file {str(path)!r} is not UTF-8 text (byte {exc.start})"
+            ) from None
+        return cls.from_json(text)
 
     def save(self, path: str | Path) -> Path:
         """Write the canonical JSON to ``path``."""

@@ -22,8 +22,11 @@ def err_console() -> Console:
 
 
 def print_json(data: Any) -> None:
-    """``data`` as indented JSON with sorted keys (``--json``)."""
-    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+    """``data`` as indented JSON with sorted keys (``--json``); a NaN is ``null``."""
+    from runners.serde import strict_json
+
+    text = json.dumps(data, sort_keys=True, default=str)  # default=str first, then strict
+    print(json.dumps(strict_json(json.loads(text)), indent=2, sort_keys=True, allow_nan=False))
 
 
 def print_error(text: str) -> None:

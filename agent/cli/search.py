@@ -147,20 +147,29 @@ def resume_config(args: argparse.Namespace) -> SearchConfig:
         CliError: A flag that would change the search was given.
         agent.resume.ResumeError: DIR cannot be resumed.
     """
-    from agent.resume import resume_state
+    from agent.resume import ResumeError, resume_state
 
+    try:
+        config, _ = resume_state(args.resume)
+    except ResumeError as exc:  # the flags are wrong whatever the directory holds: say so first
+        config, unreadable = None, exc
     ignored = {"resume", "json", "func", "command", *RESUME_FLAGS}
+    recorded = {} if config is None else config.to_dict()
     given = sorted(
         f"--{k.replace('_', '-')}"
         for k, v in vars(args).items()
-        if k not in ignored and v not in (None, False)
+        if k not in ignored
+        and v is not None
+        and v is not False  # a store_true flag left off; 0 is a value (`0 == False`)
+        and not (k in recorded and _same(recorded[k], v))  # the recorded value: no change
     )
     if given:
         raise CliError(
             f"--resume continues a search with its own config; {', '.join(given)} cannot change "
             f"it (allowed: {', '.join('--' + f for f in RESUME_FLAGS)})"
         )
-    config, _ = resume_state(args.resume)
+    if config is None:
+        raise unreadable
     executor = args.executor or ("ray" if args.address else None)
     return config.with_overrides(
         budget=args.budget,
@@ -170,6 +179,13 @@ def resume_config(args: argparse.Namespace) -> SearchConfig:
         timeout_s=args.timeout,
         time_budget=args.time_budget,
     )
+
+
+def _same(recorded: object, given: object) -> bool:
+    """Whether a flag's value is the one the search recorded (paths compared as text)."""
+    if isinstance(given, Path):
+        given = str(given)
+    return recorded == given
 
 
 def duration(text: str) -> float:

@@ -62,7 +62,7 @@ def test_state_round_trips_through_search_json(tmp_path: Path) -> None:
     sdir.write_state(state)
     again = sdir.read_state()
 
-    assert math.isnan(again.summary["best_speedup_at_1pt"])  # type: ignore[index]
+    assert again.summary["best_speedup_at_1pt"] is None  # type: ignore[index]  # strict JSON
     nan_free = {"candidates": 2, "best_speedup_at_1pt": None}
     assert replace(again, summary=nan_free) == replace(state, summary=nan_free)
     assert again.parent_run_id == "abc"
@@ -294,3 +294,48 @@ def test_export_source_of_an_old_mlflow_run_parses_its_params() -> None:
     assert spec.eval.threads == 2 and spec.eval.build.bn_batches == 16
     assert spec.eval.latency.warmup == 3 and spec.eval.latency.max_seconds == 5.0
     assert spec.eval.latency.batch_size == 4
+
+
+def test_search_json_is_strict_json_with_nan_as_null(tmp_path: Path) -> None:
+    sdir = SearchDir(tmp_path)
+    sdir.write_state(SearchState(config={}, summary={"best_speedup_at_1pt": float("nan")}))
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"bare {constant} in search.json")
+
+    data = json.loads(sdir.state_path.read_text(), parse_constant=refuse)
+    assert data["summary"]["best_speedup_at_1pt"] is None
+
+
+def _resume_args(tmp_path: Path, *flags: str):  # type: ignore[no-untyped-def]
+    from agent.cli import build_parser
+    from agent.config import SearchConfig
+
+    out = tmp_path / "s"
+    config = SearchConfig(out=out, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", seed=3)
+    ids = TrackingIds(config.tracking_uri or "", "1", "parent")
+    SearchDir(out).write_state(SearchState(config=config.to_dict(), status="KILLED", mlflow=ids))
+    return build_parser().parse_args(["search", "--resume", str(out), *flags])
+
+
+@pytest.mark.parametrize(
+    ("flags", "refused"),
+    [(("--lam", "0"), "--lam"), (("--max-drop", "0"), "--max-drop"), (("--seed", "0"), "--seed")],
+)
+def test_resume_refuses_a_zero_that_would_change_the_search(
+    tmp_path: Path, flags: tuple[str, ...], refused: str
+) -> None:
+    from agent.cli.errors import CliError
+    from agent.cli.search import resume_config
+
+    with pytest.raises(CliError, match=f"{refused} cannot change it"):
+        resume_config(_resume_args(tmp_path, *flags))
+
+
+def test_resume_accepts_a_flag_equal_to_the_recorded_value(tmp_path: Path) -> None:
+    from agent.cli.search import resume_config
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    config = resume_config(_resume_args(tmp_path, "--tracking-uri", uri, "--seed", "3"))
+
+    assert config.tracking_uri == uri and config.seed == 3

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -74,3 +75,25 @@ def test_load_missing_file_names_the_path(tmp_path):
 def test_identity_strategy_is_identity():
     assert Strategy().is_identity
     assert not Strategy.from_dict({"a": {"prune": 0.1}}).is_identity
+
+
+def test_an_oversized_strategy_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    from search_spaces.strategy import MAX_STRATEGY_BYTES
+
+    path = tmp_path / "huge.json"
+    with path.open("w") as f:  # valid JSON, far too big
+        f.write('{"a": {"prune": 0.5}, "pad": "' + "x" * MAX_STRATEGY_BYTES + '"}')
+
+    with pytest.raises(MalformedStrategyError, match=r"huge\.json.*bytes; the limit"):
+        Strategy.load(path)
+    with pytest.raises(MalformedStrategyError, match="characters; the limit"):
+        Strategy.from_json(path.read_text())
+
+
+def test_non_utf8_and_deeply_nested_strategies_are_clear_errors(tmp_path: Path) -> None:
+    latin = tmp_path / "latin.json"
+    latin.write_bytes('{"caf\xe9": {"skip": true}}'.encode("latin-1"))
+    with pytest.raises(MalformedStrategyError, match=r"latin\.json.*not UTF-8"):
+        Strategy.load(latin)
+    with pytest.raises(MalformedStrategyError, match="nested too deeply"):
+        Strategy.from_json("[" * 100_000 + "]" * 100_000)
