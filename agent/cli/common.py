@@ -28,9 +28,34 @@ def add_workload_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", type=Path, default=None, help="workload cache directory")
 
 
+def positive_int(text: str) -> int:
+    """An integer >= 1 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def thread_count(text: str) -> int:
+    """Runtime threads: an integer from 1 to this machine's CPU cores (argparse type). More
+    threads than cores only time the scheduler."""
+    import os
+
+    value = positive_int(text)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if cores and value > cores:
+        raise argparse.ArgumentTypeError(f"{value} threads on a machine with {cores} CPU cores")
+    return value
+
+
 def add_measure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", default="onnxruntime-cpu", help="runtime (`layerpilot runtimes`)")
-    p.add_argument("--threads", type=int, default=1, help="runtime intra-op threads (default 1)")
+    p.add_argument(
+        "--threads", type=thread_count, default=1, help="runtime intra-op threads (default 1)"
+    )
     p.add_argument("--batch-size", type=int, default=1, help="latency batch size (default 1)")
     p.add_argument(
         "--max-seconds",

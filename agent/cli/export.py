@@ -4,6 +4,7 @@ deployable model, and log it to MLflow under the search (`agent.export` does the
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("--register needs MLflow; drop --no-mlflow")
     if args.rerank < 0:
         raise CliError(f"--rerank must be >= 0, got {args.rerank}")
+    if not (math.isfinite(args.max_drop) and args.max_drop >= 0):
+        raise CliError(f"--max-drop must be a finite number of points >= 0, got {args.max_drop}")
     check_format(args.format)  # no GPU / no TensorRT: fail before loading anything
     source = load_source(args.target, args.tracking_uri)
     if args.model is not None:

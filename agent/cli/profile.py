@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from agent.cli.common import add_json, add_workload_args, load_workload
+from agent.cli.common import add_json, add_workload_args, load_workload, positive_int
 from agent.cli.console import console, print_json
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("profile", help="decision units: kind, shape, FLOPs, params, latency share")
     add_workload_args(p)
-    p.add_argument("--runs", type=int, default=50, help="profiled runs for latency shares")
+    p.add_argument(
+        "--runs", type=positive_int, default=50, help="profiled runs for latency shares (>= 1)"
+    )
     add_json(p)
     p.set_defaults(func=run)
 

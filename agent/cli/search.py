@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.cli.common import positive_int, thread_count
 from agent.cli.console import console, err_console, fmt, json_stdout
 from agent.cli.errors import EXIT_INTERRUPTED, CliError
 
@@ -99,7 +100,12 @@ def add_parser(sub: Any) -> None:
         "level and the confirmations aim within, and the max-drop mode's bound",
     )
     p.add_argument("--runtime", help="runtime (`layerpilot runtimes`; default onnxruntime-cpu)")
-    p.add_argument("--threads", type=int, help="runtime intra-op threads (default 1)")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        help="runtime intra-op threads per measurement (default 1; at most this machine's "
+        "cores unless --address names a cluster)",
+    )
     p.add_argument("--batch-size", type=int, help="latency batch size (default 1)")
     p.add_argument("--out", type=Path, help="search directory (default: new folder in ./runs)")
     p.add_argument("--cache", type=Path, help="candidate cache file shared between searches")
@@ -248,6 +254,11 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
         max_drop=r.max_drop if args.max_drop is None else args.max_drop,
     )
     executor = args.executor or ("ray" if args.address else None)
+    if args.threads is not None and args.address is None:
+        try:
+            thread_count(str(args.threads))
+        except argparse.ArgumentTypeError as exc:
+            raise CliError(f"--threads: {exc}") from None
     return base.with_overrides(
         seed=args.seed,
         cache_dir=args.cache_dir,

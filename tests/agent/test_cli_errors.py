@@ -90,3 +90,26 @@ def test_library_code_never_imports_the_cli() -> None:
     )
 
     assert offenders == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["evaluate", "--workload", "w", "--strategy", "{}", "--threads", "99"], "CPU cores"),
+        (["evaluate", "--workload", "w", "--strategy", "{}", "--threads", "0"], "must be >= 1"),
+        (["profile", "--workload", "w", "--runs", "0"], "must be >= 1"),
+        (["profile", "--workload", "w", "--runs", "-3"], "must be >= 1"),
+        (["search", "--workload", "w", "--threads", "99"], "CPU cores"),
+        (["export", "d", "--format", "onnx", "--out", "o", "--max-drop", "nan"], "--max-drop"),
+        (["export", "d", "--format", "onnx", "--out", "o", "--max-drop", "-5"], "--max-drop"),
+    ],
+)
+def test_impossible_counts_are_refused_before_anything_runs(
+    argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:  # argparse's own exit, or the CLI's exit code
+        code = main(argv)
+        raise SystemExit(code)
+
+    assert exited.value.code == EXIT_USAGE
+    assert fragment in " ".join(capsys.readouterr().err.split())
