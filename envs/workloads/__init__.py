@@ -106,8 +106,9 @@ def load_workload_spec(spec: str) -> Workload:
 
     Raises:
         WorkloadSpecError: The spec is malformed, the module or function cannot be found, the
-            function needs arguments, or it returns something other than a ``Workload``.
-            Exceptions raised inside the function itself propagate unchanged.
+            function needs arguments, it returns something other than a ``Workload``, or
+            importing the module or calling the function raised (the message names the
+            exception and the line of the user's code it came from; the original is chained).
     """
     target, sep, func_name = spec.rpartition(":")
     if not sep or not target or not func_name.isidentifier():
@@ -115,7 +116,14 @@ def load_workload_spec(spec: str) -> Workload:
             f"malformed workload spec {spec!r}: expected 'module.path:function' or "
             "'path/to/file.py:function', e.g. 'examples/byo_model.py:build'"
         )
-    module = _import_target(target, spec)
+    try:
+        module = _import_target(target, spec)
+    except WorkloadSpecError:
+        raise
+    except Exception as exc:
+        raise WorkloadSpecError(
+            f"importing {target!r} (spec {spec!r}) raised {_where(exc)}"
+        ) from exc
     func = getattr(module, func_name, None)
     if func is None:
         defined = sorted(
@@ -140,13 +148,25 @@ def load_workload_spec(spec: str) -> Workload:
         ) from exc
     except ValueError:  # no introspectable signature (some builtins): just call it
         pass
-    result = func()
+    try:
+        result = func()
+    except Exception as exc:
+        raise WorkloadSpecError(f"{spec!r} raised {_where(exc)}") from exc
     if not isinstance(result, Workload):
         raise WorkloadSpecError(
             f"{spec!r} returned {type(result).__name__}, not a Workload; build one with "
             "envs.workloads.Workload(name, model, example_input, train, eval)"
         )
     return result
+
+
+def _where(exc: BaseException) -> str:
+    """``TypeName: message (file.py:line)``: the exception and the deepest frame it came from."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    place = f" ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{place}"
 
 
 def model_file(spec: str) -> Path | None:

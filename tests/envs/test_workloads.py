@@ -122,6 +122,32 @@ def test_load_workload_spec_raises_when_function_needs_arguments(tmp_path):
         load_workload_spec(f"{tmp_path / 'needs.py'}:build")
 
 
+@pytest.mark.parametrize(
+    ("source", "fragment"),
+    [
+        (
+            "import torch\nraise RuntimeError('no GPU here')\n",
+            r"importing .*RuntimeError: no GPU here \(bad\.py:2\)",
+        ),
+        ("def build():\n    return {}['weights']\n", r"raised KeyError: 'weights' \(bad\.py:2\)"),
+        (
+            "import torch\nfrom torch import nn\nfrom envs.workloads import DataSplit, Workload\n"
+            "def build():\n    x, y = torch.randn(4, 3), torch.zeros(4, dtype=torch.long)\n"
+            "    return Workload('w', nn.Linear(3, 2), x[:2], DataSplit(x, y), DataSplit(x, y))\n",
+            "example_input must have batch size 1, got 2",
+        ),
+    ],
+    ids=["import-raises", "build-raises", "batch-2-example"],
+)
+def test_a_model_file_that_raises_is_one_clear_error_naming_the_line(tmp_path, source, fragment):
+    (tmp_path / "bad.py").write_text(source)
+
+    with pytest.raises(WorkloadSpecError, match=fragment) as info:
+        load_workload_spec(f"{tmp_path / 'bad.py'}:build")
+
+    assert info.value.__cause__ is not None  # the user's traceback stays chained
+
+
 def test_load_workload_spec_imports_a_dotted_module_path(tmp_path, monkeypatch):
     (tmp_path / "my_byo_pkg").mkdir()
     (tmp_path / "my_byo_pkg" / "__init__.py").write_text("")
