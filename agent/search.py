@@ -189,6 +189,8 @@ def _run(
         sdir, state, records = reopened.sdir, reopened.state, reopened.records
     else:
         sdir = SearchDir(config.out or default_out_dir(config))
+        if sdir.path.exists() and not sdir.path.is_dir():
+            raise SearchDirError(f"--out {sdir.path} is a file, not a directory for the search")
         if sdir.exists():
             raise SearchDirError(
                 f"{sdir.path} already holds a search: continue it with `layerpilot search "

@@ -336,6 +336,17 @@ def test_a_record_cut_from_a_finished_search_has_one_mlflow_run_after_resume(
     assert len(indices) == len(set(indices)) == len(second.records)
 
 
+def test_search_out_pointing_at_a_file_is_refused(
+    tmp_path: Path, fake: FidelityExecutor, workload_cache: Path
+) -> None:
+    (tmp_path / "search").write_text("my notes")
+
+    with pytest.raises(SearchDirError, match="is a file, not a directory"):
+        search_module.run_search(config(tmp_path, workload_cache, budget=3))
+
+    assert (tmp_path / "search").read_text() == "my notes"
+
+
 def test_search_into_a_directory_that_holds_a_search_is_refused(
     tmp_path: Path, fake: FidelityExecutor, workload_cache: Path
 ) -> None:
