@@ -48,6 +48,38 @@ def init_ray(config: SearchConfig) -> None:
     warn_if_unauthenticated()
 
 
+CONNECT_TIMEOUT_S = 10.0
+"""How long `check_reachable` waits for a cluster's head to answer."""
+
+
+def check_reachable(address: str | None) -> None:
+    """Fail at once, naming the address, when nothing answers at a ``host:port`` cluster
+    address (``ray.init`` would retry for minutes and ignore Ctrl-C). ``auto`` and addresses
+    without a port are left to Ray.
+
+    Raises:
+        agent.config.ConfigError: Nothing accepts a TCP connection there within
+            `CONNECT_TIMEOUT_S`.
+    """
+    import socket
+
+    from agent.config import ConfigError
+
+    if not address or address == "auto":
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except (OSError, ValueError, OverflowError) as exc:
+        raise ConfigError(
+            f"--address {address}: nothing answers there ({exc}); start the cluster's head "
+            "(`ray start --head`) or fix the address"
+        ) from None
+
+
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback

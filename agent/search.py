@@ -37,7 +37,7 @@ from agent.factories import make_agent, make_executor, restore_agent, uses_ray_e
 from agent.fidelity import Calibration, Schedule, estimate, promotions, to_confirm
 from agent.interrupts import Interrupts
 from agent.placement import NOT_PINNED, pin_driver, plan_placement, torch_threads
-from agent.ray_init import init_ray, needs_ray
+from agent.ray_init import check_reachable, init_ray, needs_ray
 from agent.records import CandidateRecord
 from agent.resume import reopen
 from agent.search_dir import (
@@ -207,6 +207,7 @@ def _run(
     runtime = get_runtime(config.runtime, threads=config.threads)
     space = DecisionSpace(subject.units, actions=config.actions, precisions=runtime.precisions)
 
+    check_reachable(config.address)  # before search.json says RUNNING
     sdir.write_state(state)
     if needs_ray(config):
         init_ray(config)  # before the driver is pinned: Ray's processes inherit its cores

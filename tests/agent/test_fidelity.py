@@ -336,6 +336,17 @@ def test_a_record_cut_from_a_finished_search_has_one_mlflow_run_after_resume(
     assert len(indices) == len(set(indices)) == len(second.records)
 
 
+def test_a_cluster_address_where_nothing_listens_fails_at_once_naming_it(
+    tmp_path: Path, fake: FidelityExecutor, workload_cache: Path
+) -> None:
+    from agent.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--address 127\.0\.0\.1:1: nothing answers there"):
+        search_module.run_search(config(tmp_path, workload_cache, address="127.0.0.1:1"))
+
+    assert not (tmp_path / "search" / "search.json").exists()  # never left RUNNING
+
+
 def test_search_out_pointing_at_a_file_is_refused(
     tmp_path: Path, fake: FidelityExecutor, workload_cache: Path
 ) -> None:
