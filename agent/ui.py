@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 
 from agent.tracking import artifact_root
 
@@ -117,14 +118,50 @@ def stop_ui(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
         pass
 
 
-def run_ui(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000) -> int:
-    """Serve the UI in the foreground until Ctrl-C; return the server's exit code."""
+def run_ui(
+    tracking_uri: str,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    announce: Callable[[str], None] | None = None,
+) -> int:
+    """Serve the UI in the foreground until Ctrl-C or SIGTERM; return the server's exit code.
+
+    Once the server answers, ``announce`` receives the link to the runs of layerpilot's
+    experiment (or the server's root when the store has none yet). The server is stopped
+    however this returns: it runs in its own session, so nothing else would stop it.
+    """
+    import signal
+
+    def terminate(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     process = serve_ui(tracking_uri, host, port)
     try:
+        base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+        wait_until_up(base, timeout=120, process=process)
+        if announce is not None:
+            announce(landing_url(tracking_uri, base))
         return process.wait()
     except KeyboardInterrupt:
-        stop_ui(process)
         return 0
+    finally:
+        stop_ui(process)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def landing_url(tracking_uri: str, base: str, experiment: str = "layerpilot") -> str:
+    """The runs table of ``experiment`` in the classic (machine-learning) view, or ``base``
+    when the store has no such experiment yet."""
+    from mlflow import MlflowClient
+
+    try:
+        found = MlflowClient(tracking_uri).get_experiment_by_name(experiment)
+    except Exception:  # an unreadable store: the root still opens
+        found = None
+    if found is None:
+        return base
+    return f"{base}/#/experiments/{found.experiment_id}/runs?workflowType=machine_learning"
 
 
 def runs_url(host: str, port: int, experiment_id: str) -> str:
@@ -134,6 +171,7 @@ def runs_url(host: str, port: int, experiment_id: str) -> str:
 
 __all__ = [
     "UIStartError",
+    "landing_url",
     "run_ui",
     "runs_url",
     "serve_ui",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("ui", help="MLflow UI over this project's runs, on 127.0.0.1")
-    p.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    p.add_argument("--port", type=port_number, default=5000, help="port (default 5000)")
     p.add_argument(
         "--host",
         default="127.0.0.1",
@@ -22,6 +23,17 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///./mlflow.db)")
     p.set_defaults(func=run)
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 1-65535 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1-65535, got {value}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,4 +46,8 @@ def run(args: argparse.Namespace) -> int:
             f"[yellow]warning:[/yellow] the MLflow UI listens on {args.host}: anyone who can "
             "reach it can read and change these runs (it has no login)."
         )
-    return int(ui.run_ui(uri, host=args.host, port=args.port) or 0)
+
+    def announce(url: str) -> None:  # plain: a wrapped URL cannot be clicked
+        print(f"MLflow UI: {url}  (Ctrl-C stops it)", file=sys.stderr, flush=True)
+
+    return int(ui.run_ui(uri, host=args.host, port=args.port, announce=announce) or 0)

@@ -31,7 +31,7 @@ def test_mlflow_ui_listens_on_loopback_unless_a_host_is_given(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     hosts: list[str] = []
-    monkeypatch.setattr("agent.ui.run_ui", lambda uri, host, port: hosts.append(host) or 0)
+    monkeypatch.setattr("agent.ui.run_ui", lambda uri, host, port, **kw: hosts.append(host) or 0)
 
     assert main(["ui"]) == 0
     assert capsys.readouterr().err == ""

@@ -115,3 +115,50 @@ def test_ui_command_uses_this_python_and_artifacts_beside_database(tmp_path: Pat
 def test_wait_until_up_raises_when_nothing_listens():
     with pytest.raises(UIStartError, match="no answer"):
         wait_until_up(f"http://127.0.0.1:{free_port()}", timeout=0.5)
+
+
+def test_ui_refuses_a_port_out_of_range(capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["ui", "--port", "70000"])
+
+    assert exited.value.code == 2
+    assert "a port is 1-65535, got 70000" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ui_prints_its_link_and_sigterm_stops_the_server_too(logged_search, tmp_path) -> None:
+    """``layerpilot ui`` starts MLflow in its own session: SIGTERM to the CLI must not leave
+    the server listening."""
+    import signal
+    import subprocess
+    import time
+
+    tracker, _, _ = logged_search
+    port = free_port()
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "ui", "--port", str(port),
+         "--tracking-uri", tracker.tracking_uri],
+        stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    try:
+        assert cli.stderr is not None
+        line = cli.stderr.readline()  # the link is printed once the server answers
+        while line and "MLflow UI:" not in line:
+            line = cli.stderr.readline()
+        assert f"http://127.0.0.1:{port}/#/experiments/{tracker.experiment_id}/runs" in line
+        assert "workflowType=machine_learning" in line
+        cli.send_signal(signal.SIGTERM)
+        cli.wait(timeout=30)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) != 0:
+                break
+        time.sleep(0.2)
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", port)) != 0  # nothing listens any more
