@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ def add_parser(sub: Any) -> None:
         "unauthenticated, to whoever can reach it)",
     )
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///./mlflow.db)")
+    p.add_argument("--json", action="store_true", help='print {"url": ...} once the server answers')
     p.set_defaults(func=run)
 
 
@@ -48,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
         )
 
     def announce(url: str) -> None:  # plain: a wrapped URL cannot be clicked
-        print(f"MLflow UI: {url}  (Ctrl-C stops it)", file=sys.stderr, flush=True)
+        if args.json:
+            print(json.dumps({"url": url}), flush=True)
+        else:
+            print(f"MLflow UI: {url}  (Ctrl-C stops it)", file=sys.stderr, flush=True)
 
     return int(ui.run_ui(uri, host=args.host, port=args.port, announce=announce) or 0)

@@ -347,6 +347,23 @@ def test_a_cluster_address_where_nothing_listens_fails_at_once_naming_it(
     assert not (tmp_path / "search" / "search.json").exists()  # never left RUNNING
 
 
+def test_report_json_names_the_best_and_the_front_with_their_fidelity(
+    tmp_path: Path, fake: FidelityExecutor, workload_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent.cli import main
+
+    result = search_module.run_search(config(tmp_path, workload_cache, budget=9))
+    capsys.readouterr()
+
+    assert main(["report", str(result.out), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+
+    assert data["candidates"] == len(result.records)
+    assert data["best_at_1pt"]["fidelity"] == "full"
+    assert data["front"] and {row["fidelity"] for row in data["front"]} == {"full"}
+    assert Path(data["plot"]).exists()
+
+
 def test_search_out_pointing_at_a_file_is_refused(
     tmp_path: Path, fake: FidelityExecutor, workload_cache: Path
 ) -> None:
