@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import tomllib
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -180,53 +180,42 @@ class SearchConfig:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
-    try:
-        return cls(**data)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
-
-
 def config_from_dict(data: dict[str, Any]) -> SearchConfig:
-    """A `SearchConfig` from a (file's) mapping: ``[reward]`` and ``[ppo]`` are sub-tables."""
+    """A `SearchConfig` from a (file's) mapping: ``[reward]``, ``[latency]`` and ``[ppo]`` are
+    sub-tables. Every value is checked against its field's type (`runners.serde.from_json`), and
+    an error names the field: ``[reward].lam: expected a number, got 'x'``.
+
+    Raises:
+        ConfigError: An unknown key, a value of the wrong type, or one the config rejects.
+    """
+    from runners.serde import ConfigFormatError, from_json
+
     data = dict(data)
-    if "reward" in data:
-        data["reward"] = _build(RewardConfig, dict(data["reward"]), "[reward]")
-    if "latency" in data:
-        data["latency"] = _build(LatencyConfig, dict(data["latency"]), "[latency]")
-    if "ppo" in data:
-        ppo = dict(data["ppo"])
-        for key in ("hidden", "lam_range"):
-            if isinstance(ppo.get(key), list):
-                ppo[key] = tuple(ppo[key])
-        data["ppo"] = _build(PPOSettings, ppo, "[ppo]")
-    for key in ("out", "cache", "cache_dir"):
-        if data.get(key) is not None:
-            data[key] = Path(data[key])
-    if isinstance(data.get("actions"), str):
-        data["actions"] = tuple(a.strip() for a in data["actions"].split(",") if a.strip())
-    elif isinstance(data.get("actions"), list):
-        data["actions"] = tuple(data["actions"])
+    for key in ("actions", "fidelities"):  # "a,b" as well as ["a", "b"]
+        if isinstance(data.get(key), str):
+            data[key] = [a.strip() for a in data[key].split(",") if a.strip()]
     if "recovery" in data:  # a config (or search.json) from before fidelities: one level
         recovery = data.pop("recovery")
-        data.setdefault("fidelities", (recovery,))
-    if isinstance(data.get("fidelities"), str):
-        data["fidelities"] = tuple(f.strip() for f in data["fidelities"].split(",") if f.strip())
-    elif isinstance(data.get("fidelities"), list):
-        data["fidelities"] = tuple(data["fidelities"])
-    return _build(SearchConfig, data, "search config")  # type: ignore[no-any-return]
+        data.setdefault("fidelities", [recovery])
+    try:
+        return from_json(SearchConfig, data)
+    except ConfigFormatError as exc:
+        head, _, rest = exc.path.partition(".")
+        if head in ("reward", "latency", "ppo"):
+            where = f"[{head}].{rest}" if rest else f"[{head}]"
+        else:
+            where = "search config" if exc.path == "SearchConfig" else exc.path
+        raise ConfigError(f"{where}: {exc.problem}") from None
 
 
 def load_config(path: Path) -> SearchConfig:
     """Read a ``.toml``, ``.yaml``/``.yml`` or ``.json`` search config file."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})") from None
     try:
         if path.suffix == ".toml":
             data = tomllib.loads(text)

@@ -106,7 +106,9 @@ def test_address_implies_ray_executor() -> None:
     [
         ("budget = 0\n", "budget"),
         ('agent = "genetic"\n', "unknown agent"),
-        ("bugdet = 3\n", r"unknown key\(s\) \['bugdet'\]"),
+        ("bugdet = 3\n", r"search config: unknown field\(s\) bugdet"),
+        ('budget = "many"\n', r"^budget: expected an integer, got 'many'"),
+        ("[reward]\nlam = 'x'\n", r"\[reward\]\.lam: expected a number"),
         ("[reward]\nmode = 'target'\n", "target speedup"),
         ("[ppo]\nlr = -1.0\n", r"\[ppo\]"),
         ("budget = \n", "not valid"),
