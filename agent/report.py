@@ -230,7 +230,23 @@ def write_report(
         lines.append("No candidate was measured successfully.")
     path = out_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
+    write_html(path, out_dir / "pareto.png", title)
     return path
+
+
+def write_html(markdown: Path, plot: Path, title: str) -> Path:
+    """``report.html`` beside ``markdown``: the plot inline (a data URI) above the report's
+    text, so MLflow's artifact viewer, which renders HTML but not markdown images, shows both."""
+    import base64
+    import html
+
+    image = base64.b64encode(plot.read_bytes()).decode() if plot.exists() else ""
+    head = f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
+    img = f"<img alt='Pareto plot' src='data:image/png;base64,{image}'>" if image else ""
+    text = f"<pre style='white-space:pre-wrap'>{html.escape(markdown.read_text())}</pre>"
+    out = markdown.with_suffix(".html")
+    out.write_text(f"{head}<body style='font-family:sans-serif'>{img}{text}</body>\n")
+    return out
 
 
 def _cheaper_note(cheaper: Sequence[CandidateRecord], level: str) -> str:
@@ -247,10 +263,7 @@ def _cheaper_note(cheaper: Sequence[CandidateRecord], level: str) -> str:
 
 
 def load_records(search_dir: Path) -> list[CandidateRecord]:
-    """The candidates of a search directory (`agent.search_dir.SearchDir.records`).
-
-    A truncated last line (a crash mid-append) is ignored; a bad line elsewhere is an error.
-    """
+    """The candidates of a search directory (`agent.search_dir.SearchDir.records`)."""
     return SearchDir(search_dir).records()
 
 

@@ -317,12 +317,8 @@ class SearchDir:
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 if number == len(lines):
                     break
-                warnings.warn(
-                    f"{path}:{number}: not a candidate record ({exc!s:.120}); skipped, the other "
-                    f"{len(lines) - 1} lines are used",
-                    DamagedRecordWarning,
-                    stacklevel=2,
-                )
+                skipped = f"{path}:{number}: not a candidate record ({exc!s:.120}); skipped"
+                warnings.warn(skipped, DamagedRecordWarning, stacklevel=2)
         return records
 
     def trim_torn_record(self) -> None:
@@ -361,11 +357,10 @@ class SearchDir:
 
     @staticmethod
     def _write_json(path: Path, data: Any) -> None:
-        from runners.serde import strict_json
+        from runners.serde import strict_dumps
 
         tmp = path.with_suffix(path.suffix + ".tmp")
-        plain = json.loads(json.dumps(data, default=str))  # non-JSON values as text
-        tmp.write_text(json.dumps(strict_json(plain), indent=2, sort_keys=True, allow_nan=False))
+        tmp.write_text(strict_dumps(data, indent=2, sort_keys=True))
         tmp.replace(path)
 
 

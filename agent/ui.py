@@ -151,17 +151,35 @@ def run_ui(
 
 
 def landing_url(tracking_uri: str, base: str, experiment: str = "layerpilot") -> str:
-    """The runs table of ``experiment`` in the classic (machine-learning) view, or ``base``
-    when the store has no such experiment yet."""
+    """Where ``layerpilot ui`` sends the user: the saved view of the latest search (its
+    candidates within the bound, fastest first; `agent.tracking.Tracker.save_view`), else the
+    experiment's runs table, in the classic (machine-learning) view; ``base`` when the store
+    has no such experiment yet."""
     from mlflow import MlflowClient
 
+    from agent.tracking.keys import KIND_TAG, VIEW_TAG_PREFIX
+
     try:
-        found = MlflowClient(tracking_uri).get_experiment_by_name(experiment)
+        client = MlflowClient(tracking_uri)
+        found = client.get_experiment_by_name(experiment)
+        latest = (
+            []
+            if found is None
+            else client.search_runs(
+                [found.experiment_id],
+                f"tags.`{KIND_TAG}` = 'search'",
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            )
+        )
     except Exception:  # an unreadable store: the root still opens
-        found = None
+        found, latest = None, []
     if found is None:
         return base
-    return f"{base}/#/experiments/{found.experiment_id}/runs?workflowType=machine_learning"
+    runs = f"{base}/#/experiments/{found.experiment_id}/runs?workflowType=machine_learning"
+    if latest and f"{VIEW_TAG_PREFIX}{latest[0].info.run_id}" in found.tags:
+        return f"{runs}&viewStateShareKey={latest[0].info.run_id}"
+    return runs
 
 
 def runs_url(host: str, port: int, experiment_id: str) -> str:

@@ -101,7 +101,7 @@ def finish(
 
     Adds ``best_index`` to ``summary`` when a candidate succeeded.
     """
-    from agent.report import deployed_records, pareto_front, write_report
+    from agent.report import best_at_drop, deployed_records, pareto_front, write_report
     from runners.build import build_candidate
     from runners.recovery import recovery_preset
 
@@ -127,4 +127,9 @@ def finish(
     assert parent is not None, "finish() runs only for a tracked search"
     tracker.log_artifact(parent, report)
     tracker.log_artifact(parent, report.parent / "pareto.png")
+    tracker.log_artifact(parent, report.with_suffix(".html"))  # what the artifact viewer draws
+    bound = config.reward.max_drop
+    shown = best_at_drop(ok, bound)
+    tracker.describe_search(shown, run_ids.get(shown.index) if shown else None, bound)
+    tracker.save_view(bound, config.fidelities[-1])
     tracker.finish_search({k: v for k, v in summary.items() if isinstance(v, int | float)}, status)

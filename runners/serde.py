@@ -166,4 +166,13 @@ def strict_json(data: Any) -> Any:
     return data
 
 
-__all__ = ["ConfigFormatError", "from_json", "strict_json", "to_json"]
+def strict_dumps(data: Any, **kwargs: Any) -> str:
+    """``json.dumps`` of ``data`` that any parser reads: values JSON lacks become text
+    (``default=str``), non-finite floats ``null`` (`strict_json`)."""
+    import json
+
+    plain = json.loads(json.dumps(data, default=str))
+    return json.dumps(strict_json(plain), allow_nan=False, **kwargs)
+
+
+__all__ = ["ConfigFormatError", "from_json", "strict_dumps", "strict_json", "to_json"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -23,10 +22,9 @@ def err_console() -> Console:
 
 def print_json(data: Any) -> None:
     """``data`` as indented JSON with sorted keys (``--json``); a NaN is ``null``."""
-    from runners.serde import strict_json
+    from runners.serde import strict_dumps
 
-    text = json.dumps(data, sort_keys=True, default=str)  # default=str first, then strict
-    print(json.dumps(strict_json(json.loads(text)), indent=2, sort_keys=True, allow_nan=False))
+    print(strict_dumps(data, indent=2, sort_keys=True))
 
 
 def print_error(text: str) -> None:

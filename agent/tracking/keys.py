@@ -38,6 +38,22 @@ ESTIMATED_TAG = "layerpilot.estimated"
 fidelity."""
 PARETO_TAG = "pareto"
 ERROR_TAG = "error"
+SUMMARY_TAG = "layerpilot.summary"
+"""A candidate run's strategy on one line (``layer1.0: skip; conv1: prune=0.5``)."""
+NOTE_TAG = "mlflow.note.content"
+"""The run description the MLflow UI shows (markdown)."""
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+"""Experiment tags holding a saved runs-table view, opened with ``?viewStateShareKey=<id>``."""
+SEARCH_STAT_PREFIX = "layerpilot.search."
+"""Parent-run tags of the search's bookkeeping figures (wall and eval seconds, iterations):
+tags, so the metric charts show only what candidates are compared on."""
+HEADLINE_METRICS = ("best_speedup_at_1pt", "hypervolume", "candidates", "failed")
+"""The parent run's summary figures logged as metrics; the rest are `SEARCH_STAT_PREFIX`
+tags."""
+AGGREGATE_PREFIX = "units:"
+"""Candidate params counting the units each action is set on (``units:prune``) and, for a
+numeric action, its mean value (``units:prune.mean``); the colon keeps them apart from the
+``<unit>.<action>`` params (no module name holds one)."""
 STRATEGY_ARTIFACT = "strategy.json"
 RESULT_ARTIFACT = "result.json"
 """A candidate run's full measured result (``EvalResult.to_dict()``): the exact record."""
@@ -97,6 +113,30 @@ def strategy_params(strategy_dict: Mapping[str, Any]) -> dict[str, str]:
         unit_name = DEFAULT_UNIT_PARAM if unit == "*" else unit
         for action, value in actions.items():
             params[param_key(f"{unit_name}.{action}")] = param_value(value)
+    return params
+
+
+def strategy_aggregates(strategy_dict: Mapping[str, Any]) -> dict[str, str]:
+    """Per action: how many units set it, and the mean of a numeric (non-boolean) value.
+
+    Example:
+        >>> units = {"a": {"prune": 0.5, "skip": True}, "b": {"prune": 0.25}}
+        >>> strategy_aggregates({"units": units})
+        {'units:prune': '2', 'units:prune.mean': '0.375', 'units:skip': '1'}
+    """
+    values: dict[str, list[Any]] = {}
+    for unit, actions in strategy_dict.get("units", {}).items():
+        if unit == "*":
+            continue
+        for action, value in actions.items():
+            values.setdefault(action, []).append(value)
+    params: dict[str, str] = {}
+    for action, found in sorted(values.items()):
+        params[param_key(f"{AGGREGATE_PREFIX}{action}")] = str(len(found))
+        numbers = [v for v in found if isinstance(v, int | float) and not isinstance(v, bool)]
+        if numbers and len(numbers) == len(found):
+            mean = sum(numbers) / len(numbers)
+            params[param_key(f"{AGGREGATE_PREFIX}{action}.mean")] = f"{mean:.4g}"
     return params
 
 
@@ -198,6 +238,7 @@ def now_ms() -> int:
 
 
 __all__ = [
+    "AGGREGATE_PREFIX",
     "BASELINE_PREFIX",
     "DEFAULT_UNIT_PARAM",
     "ERROR_TAG",
@@ -205,20 +246,26 @@ __all__ = [
     "EXPERIMENT_KIND",
     "EXPERIMENT_KIND_TAG",
     "EXTRA_PARAM_PREFIX",
+    "HEADLINE_METRICS",
     "INDEX_TAG",
     "KIND_TAG",
+    "NOTE_TAG",
     "PARENT_RUN_TAG",
     "PARETO_TAG",
     "RESULT_ARTIFACT",
     "RUN_METRICS",
     "SEARCH_DIR_TAG",
+    "SEARCH_STAT_PREFIX",
     "SERIALIZATION_TAG",
     "STRATEGY_ARTIFACT",
+    "SUMMARY_TAG",
+    "VIEW_TAG_PREFIX",
     "flatten",
     "machine_tags",
     "metric_entities",
     "param_key",
     "param_value",
     "parse_param",
+    "strategy_aggregates",
     "strategy_params",
 ]

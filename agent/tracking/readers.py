@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.records import CandidateRecord
 from agent.tracking.keys import (
+    AGGREGATE_PREFIX,
     BASELINE_PREFIX,
     DEFAULT_UNIT_PARAM,
     ERROR_TAG,
@@ -176,7 +177,7 @@ def _strategy_from_params(params: Mapping[str, str]) -> Strategy:
     units: dict[str, dict[str, Any]] = {}
     for key, text in params.items():
         unit, dot, action = key.rpartition(".")
-        if not dot or not unit or key.startswith(EXTRA_PARAM_PREFIX):
+        if not dot or not unit or key.startswith((EXTRA_PARAM_PREFIX, AGGREGATE_PREFIX)):
             continue  # source, cached, extras: not strategy entries
         unit = "*" if unit == DEFAULT_UNIT_PARAM else unit
         units.setdefault(unit, {})[action] = parse_param(text)

@@ -23,14 +23,19 @@ from agent.tracking.keys import (
     EXPERIMENT_KIND_TAG,
     EXTRA_PARAM_PREFIX,
     FIDELITY_TAG,
+    HEADLINE_METRICS,
     INDEX_TAG,
     KIND_TAG,
     MAX_TAG_VALUE,
+    NOTE_TAG,
     PARENT_RUN_TAG,
     PARETO_TAG,
     RESULT_ARTIFACT,
     SEARCH_DIR_TAG,
+    SEARCH_STAT_PREFIX,
     STRATEGY_ARTIFACT,
+    SUMMARY_TAG,
+    VIEW_TAG_PREFIX,
     flatten,
     int_or,
     machine_tags,
@@ -38,6 +43,7 @@ from agent.tracking.keys import (
     now_ms,
     param_key,
     param_value,
+    strategy_aggregates,
     strategy_params,
     truncate,
 )
@@ -186,12 +192,14 @@ class Tracker:
             tags["layerpilot.attempts"] = str(outcome.attempts)
         if outcome.error:
             tags[ERROR_TAG] = truncate(outcome.error, MAX_TAG_VALUE)
+        tags[SUMMARY_TAG] = truncate(_strategy_line(outcome.strategy), MAX_TAG_VALUE)
         run = self.client.create_run(
-            self.experiment_id, start_time=start, tags=tags, run_name=f"cand-{record.index:04d}"
+            self.experiment_id, start_time=start, tags=tags, run_name=candidate_run_name(record)
         )
         run_id = run.info.run_id
 
         params = strategy_params(outcome.strategy.to_dict())
+        params.update(strategy_aggregates(outcome.strategy.to_dict()))
         params["source"] = record.source
         params["cached"] = str(record.cached)
         for key, value in record.extras.items():
@@ -273,15 +281,109 @@ class Tracker:
             self.client.log_artifact(run_id, str(path))
 
     def finish_search(self, summary_metrics: Mapping[str, Any], status: RunStatus) -> None:
-        """Log the search's summary metrics on the parent run and end it with ``status``."""
+        """Log the search's summary on the parent run and end it with ``status``: the headline
+        figures (`HEADLINE_METRICS`) as metrics, the bookkeeping ones (seconds, counts per
+        fidelity) as ``layerpilot.search.*`` tags, so candidate charts are not crowded."""
+        from mlflow.entities import RunTag
+
         if status not in ("FINISHED", "KILLED", "FAILED"):
             raise ValueError(f"status must be FINISHED, KILLED or FAILED, got {status!r}")
         parent = self._parent
-        metrics = metric_entities(summary_metrics, timestamp=now_ms())
-        if metrics:
-            self.client.log_batch(parent, metrics=metrics)
+        headline = {k: v for k, v in summary_metrics.items() if k in HEADLINE_METRICS}
+        stats = [
+            RunTag(param_key(f"{SEARCH_STAT_PREFIX}{k}"), param_value(v))
+            for k, v in summary_metrics.items()
+            if k not in HEADLINE_METRICS
+        ]
+        metrics = metric_entities(headline, timestamp=now_ms())
+        if metrics or stats:
+            self.client.log_batch(parent, metrics=metrics, tags=stats)
         self.client.set_terminated(parent, status)
         self.parent_run_id = None
+
+    def describe_search(
+        self, best: CandidateRecord | None, best_run_id: str | None, bound: float
+    ) -> None:
+        """Write the parent run's description (what the MLflow UI shows on top of it): the
+        best candidate within ``bound`` points, its figures, strategy and a link to its run."""
+        parent = self._parent
+        if best is None or best.result is None:
+            text = f"No candidate measured within {bound:g} points yet."
+        else:
+            r = best.result
+            link = (
+                f"[candidate {best.index}](#/experiments/{self.experiment_id}/runs/{best_run_id})"
+                if best_run_id
+                else f"candidate {best.index}"
+            )
+            text = (
+                f"**Best within {bound:g} points: {link}** (measured after {best.fidelity} "
+                f"recovery)\n\n"
+                f"- speedup **{r.speedup:.2f}x** ({r.baseline_latency_ms:.3f} ms → "
+                f"{r.latency_ms:.3f} ms)\n"
+                f"- metric {r.accuracy:.2f} (drop {r.accuracy_drop:+.2f} points)\n"
+                f"- strategy: `{truncate(_strategy_line(best.strategy), 1500)}`\n\n"
+                f"Export it with `layerpilot export <search dir> --format onnx --out DIR`."
+            )
+        self.client.set_tag(parent, NOTE_TAG, text)
+
+    def save_view(self, bound: float, deployed: str) -> str:
+        """Save this search's runs-table view as an MLflow 3 shared view (an experiment tag
+        `VIEW_TAG_PREFIX` + the parent run id) and return the key the UI opens it with
+        (``#/experiments/<id>/runs?viewStateShareKey=<key>``): the candidates within ``bound``
+        points at the ``deployed`` fidelity, fastest first, with the headline columns."""
+        parent = self._parent
+        state = runs_view_state(parent, bound, deployed)
+        self.client.set_experiment_tag(self.experiment_id, f"{VIEW_TAG_PREFIX}{parent}", state)
+        return parent
+
+
+VIEW_COLUMNS = (
+    ("metrics", "speedup"),
+    ("metrics", "accuracy"),
+    ("metrics", "accuracy_drop"),
+    ("metrics", "latency_ms"),
+    ("tags", FIDELITY_TAG),
+    ("tags", PARETO_TAG),
+    ("tags", SUMMARY_TAG),
+)
+"""The runs-table columns of the saved view (``type.`key```, as the MLflow UI names them)."""
+
+
+def runs_view_state(parent_run_id: str, bound: float, deployed: str) -> str:
+    """The JSON of a saved runs-table view: the search's candidates measured at the ``deployed``
+    fidelity within ``bound`` points, fastest first (the search facets ``searchFilter`` /
+    ``orderByKey`` / ``orderByAsc``), the headline columns and every run shown (the UI state;
+    key names as MLflow 3.17's UI reads them)."""
+    return json.dumps(
+        {
+            "searchFilter": (
+                f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}' and "
+                f"tags.`{FIDELITY_TAG}` = '{deployed}' and metrics.accuracy_drop <= {bound:g}"
+            ),
+            "orderByKey": "metrics.`speedup`",
+            "orderByAsc": False,
+            "selectedColumns": [f"{kind}.`{key}`" for kind, key in VIEW_COLUMNS],
+            "runsExpanded": {parent_run_id: True},
+            "runsHiddenMode": "SHOW_ALL",
+        }
+    )
+
+
+def candidate_run_name(record: CandidateRecord) -> str:
+    """``cand-0042 · 9.73x · drop 0.22 · full`` (``cand-0042 · failed``): the headline figures,
+    readable in the runs table without opening a column."""
+    name = f"cand-{record.index:04d}"
+    result = record.outcome.result
+    if not record.ok or result is None:
+        return f"{name} · failed"
+    return f"{name} · {result.speedup:.2f}x · drop {result.accuracy_drop:.2f} · {record.fidelity}"
+
+
+def _strategy_line(strategy: Any) -> str:
+    from agent.report import compact_strategy  # agent.report reads MLflow through this package
+
+    return compact_strategy(strategy)
 
 
 def _json(data: Mapping[str, Any]) -> str:

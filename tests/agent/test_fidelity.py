@@ -347,6 +347,46 @@ def test_a_cluster_address_where_nothing_listens_fails_at_once_naming_it(
     assert not (tmp_path / "search" / "search.json").exists()  # never left RUNNING
 
 
+def test_mlflow_opens_on_the_answer_description_view_and_clean_charts(
+    tmp_path: Path, fake: FidelityExecutor, workload_cache: Path
+) -> None:
+    """Read back through MLflow's client: the parent's description names and links the best
+    within the bound, the saved view filters to it and sorts by speedup, bookkeeping figures
+    are tags (not chart metrics), and the report is logged as HTML with the plot inline."""
+    from agent.ui import landing_url
+
+    result = search_module.run_search(config(tmp_path, workload_cache, budget=9))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    parent = client.get_run(result.parent_run_id)
+    experiment = client.get_experiment(parent.info.experiment_id)
+
+    best = max(
+        (r for r in result.records if r.fidelity == "full" and r.accuracy_drop <= 1.0),
+        key=lambda r: r.speedup,
+    )
+    note = parent.data.tags["mlflow.note.content"]
+    assert f"[candidate {best.index}](#/experiments/{experiment.experiment_id}/runs/" in note
+    assert f"{best.speedup:.2f}x" in note
+    assert "wall_seconds" not in parent.data.metrics and "hypervolume" in parent.data.metrics
+    assert float(parent.data.tags["layerpilot.search.wall_seconds"]) > 0
+
+    view = json.loads(experiment.tags[f"mlflow.sharedViewState.{result.parent_run_id}"])
+    assert view["orderByKey"] == "metrics.`speedup`" and view["orderByAsc"] is False
+    assert "metrics.`speedup`" in view["selectedColumns"]
+    shown = client.search_runs(
+        [experiment.experiment_id], view["searchFilter"], order_by=["metrics.speedup DESC"]
+    )
+    assert shown and shown[0].data.metrics["speedup"] == best.speedup
+    assert all(r.data.tags["layerpilot.fidelity"] == "full" for r in shown)
+    assert all(r.data.metrics["accuracy_drop"] <= 1.0 for r in shown)
+    url = landing_url(uri, "http://127.0.0.1:5000")
+    assert url.endswith(f"viewStateShareKey={result.parent_run_id}")
+
+    html = client.download_artifacts(result.parent_run_id, "report.html", str(tmp_path))
+    assert "data:image/png;base64," in Path(html).read_text()
+
+
 def test_report_json_names_the_best_and_the_front_with_their_fidelity(
     tmp_path: Path, fake: FidelityExecutor, workload_cache: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -174,16 +174,20 @@ def test_log_candidate_nests_runs_with_strategy_params_metrics_and_artifact(sear
     run = client.get_run(run_ids[0])
 
     assert {r.info.run_id for r in nested} == set(run_ids)
-    assert run.info.run_name == "cand-0000"
+    assert run.info.run_name == "cand-0000 · 2.00x · drop 0.50 · none"  # the headline figures
     assert run.info.status == "FINISHED"
     assert run.data.params == {
         "_default.precision": "int8",
         "conv1.prune": "0.5",
         "layer1.0.skip": "True",
+        "units:prune": "1",  # aggregates: units per action, mean of numeric ones
+        "units:prune.mean": "0.5",
+        "units:skip": "1",
         "source": "ppo",
         "cached": "False",
         "extra:lam": "0.5",
     }
+    assert run.data.tags["layerpilot.summary"].startswith("*: precision=int8")
     assert run.data.metrics["speedup"] == 2.0
     assert run.data.metrics["accuracy_drop"] == pytest.approx(0.5)
     assert run.data.metrics["reward"] == 0.75
