@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 from agent.tracking import artifact_root
 
@@ -182,6 +183,39 @@ def landing_url(tracking_uri: str, base: str, experiment: str = "layerpilot") ->
     return runs
 
 
+def moved_artifacts(tracking_uri: str, experiment: str = "layerpilot") -> str | None:
+    """Why the UI will show "No Artifacts Recorded" for this store's runs, or None.
+
+    Runs record their artifact location as an absolute path; a SQLite store copied or moved
+    elsewhere still points at the old ``mlartifacts/``. When that folder is gone, say where
+    the artifacts were recorded and where they would be now.
+    """
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    from mlflow import MlflowClient
+
+    root = artifact_root(tracking_uri)
+    if root is None:
+        return None
+    try:
+        found = MlflowClient(tracking_uri).get_experiment_by_name(experiment)
+    except Exception:
+        return None
+    if found is None or not found.artifact_location.startswith("file:"):
+        return None
+    recorded = Path(url2pathname(urlparse(found.artifact_location).path))
+    if recorded == root or recorded.exists():
+        return None
+    return (
+        f"the runs' artifacts were recorded under {recorded}, which is not there (the store "
+        f"was moved or copied?): the UI shows 'No Artifacts Recorded' for them. The database "
+        f"and its files are still readable with `layerpilot report` / `export`; to browse the "
+        f"artifacts, run `layerpilot ui` where the store was made, or put {root.name}/ back at "
+        f"{recorded.parent}."
+    )
+
+
 def runs_url(host: str, port: int, experiment_id: str) -> str:
     """The direct link to an experiment's runs table."""
     return f"http://{host}:{port}/#/experiments/{experiment_id}/runs"
@@ -190,6 +224,7 @@ def runs_url(host: str, port: int, experiment_id: str) -> str:
 __all__ = [
     "UIStartError",
     "landing_url",
+    "moved_artifacts",
     "run_ui",
     "runs_url",
     "serve_ui",

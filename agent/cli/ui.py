@@ -48,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
             f"[yellow]warning:[/yellow] the MLflow UI listens on {args.host}: anyone who can "
             "reach it can read and change these runs (it has no login)."
         )
+    moved = ui.moved_artifacts(uri)
+    if moved:
+        err_console().print(f"[yellow]warning:[/yellow] {moved}")
 
     def announce(url: str) -> None:  # plain: a wrapped URL cannot be clicked
         if args.json:

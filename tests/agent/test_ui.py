@@ -162,3 +162,20 @@ def test_ui_prints_its_link_and_sigterm_stops_the_server_too(logged_search, tmp_
         time.sleep(0.2)
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0  # nothing listens any more
+
+
+def test_a_moved_store_says_why_its_artifacts_do_not_show(tmp_path: Path) -> None:
+    import shutil
+
+    from agent.ui import moved_artifacts
+
+    made = tmp_path / "made"
+    Tracker(workdir=made).start_search("s", {}, {"name": "w"}, {"accuracy": 1.0}, made)
+    assert moved_artifacts(f"sqlite:///{made / 'mlflow.db'}") is None  # where it was made
+
+    moved = tmp_path / "elsewhere"
+    shutil.move(made, moved)
+    note = moved_artifacts(f"sqlite:///{moved / 'mlflow.db'}")
+
+    assert note is not None and str(made / "mlartifacts") in note
+    assert "No Artifacts Recorded" in note
