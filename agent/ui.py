@@ -196,8 +196,8 @@ def moved_artifacts(tracking_uri: str, experiment: str = "layerpilot") -> str | 
     from mlflow import MlflowClient
 
     root = artifact_root(tracking_uri)
-    if root is None:
-        return None
+    if root is None or not (root.parent / database_name(tracking_uri)).is_file():
+        return None  # no store yet: nothing recorded, and opening one would create it
     try:
         found = MlflowClient(tracking_uri).get_experiment_by_name(experiment)
     except Exception:
@@ -214,6 +214,11 @@ def moved_artifacts(tracking_uri: str, experiment: str = "layerpilot") -> str | 
         f"artifacts, run `layerpilot ui` where the store was made, or put {root.name}/ back at "
         f"{recorded.parent}."
     )
+
+
+def database_name(tracking_uri: str) -> str:
+    """The file name of a ``sqlite:///`` store's database."""
+    return Path(tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]).name
 
 
 def runs_url(host: str, port: int, experiment_id: str) -> str:

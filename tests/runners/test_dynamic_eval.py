@@ -85,11 +85,11 @@ def test_recovery_of_a_gated_backbone_runs_under_the_controllers_decisions(subje
 
     calls: list[dict[str, object]] = []
 
-    def spy(student, teacher, train, config):
+    def spy(student, teacher, train, config, loss=None):
         controller = {k: v.clone() for k, v in student.controller.state_dict().items()}
         backbone = {k: v.clone() for k, v in student.backbone.state_dict().items()}
         calls.append({"forced": student.state.force, "trained": controller_trained(student)})
-        stats = distill(student, teacher, train, config)
+        stats = distill(student, teacher, train, config, loss)
         after = student.state_dict()
         calls[-1]["controller_moved"] = any(
             not torch.equal(v, after[f"controller.{k}"]) for k, v in controller.items()
