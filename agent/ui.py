@@ -74,7 +74,7 @@ def serve_ui(
     return subprocess.Popen(
         ui_command(tracking_uri, host, port),
         env=env,
-        stdout=output,
+        stdout=subprocess.DEVNULL if quiet else sys.stderr,  # stdout is `ui --json`'s
         stderr=output,
         start_new_session=True,
     )
