@@ -29,6 +29,7 @@ from runners.base import (
 from runners.build import BuildConfig, Subject, build_candidate
 from runners.latency import LatencyConfig, LatencyStats, measure_compiled, measure_over_inputs
 from runners.measure_lock import exclusive_measurement
+from runners.onnx_export import OnnxExportError
 from runners.result import EvalResult, Measurement
 from search_spaces import Strategy
 from search_spaces.actions import measure_extras, plan_precisions
@@ -39,6 +40,11 @@ PRECISION_COST = {"fp32": 1.0, "fp16": 0.5, "int8": 0.25}
 
 class EvaluationError(RuntimeError):
     """A candidate built but produced unusable results (NaN/inf outputs or metric)."""
+
+
+class BaselineError(ValueError):
+    """The unchanged model itself cannot be measured (it does not export, or its outputs or
+    metric are NaN/inf): a fault of the model or its data, not of any strategy."""
 
 
 @dataclass(frozen=True)
@@ -70,11 +76,30 @@ class EvalConfig:
 def measure(
     subject: Subject, strategy: Strategy, config: EvalConfig, workdir: Path | None = None
 ) -> Measurement:
-    """Build ``strategy``, compile it for ``config.runtime``, and measure it."""
+    """Build ``strategy``, compile it for ``config.runtime``, and measure it.
+
+    Raises:
+        BaselineError: ``strategy`` is the identity and the unchanged model cannot be measured
+            (no candidate can then be compared with it).
+    """
+    if strategy.is_identity:
+        try:
+            return _measure(subject, strategy, config, workdir, "the unchanged model")
+        except (EvaluationError, OnnxExportError) as exc:
+            raise BaselineError(
+                f"no strategy can be compared with the unchanged model "
+                f"{subject.workload.name!r}: {exc}"
+            ) from exc
+    return _measure(subject, strategy, config, workdir, f"strategy {strategy.key()}")
+
+
+def _measure(
+    subject: Subject, strategy: Strategy, config: EvalConfig, workdir: Path | None, label: str
+) -> Measurement:
     candidate = build_candidate(subject, strategy, config.build)
     with tempfile.TemporaryDirectory(prefix="layerpilot-") as tmp:
         measurement, _ = measure_candidate(
-            subject, candidate, config, Path(workdir or tmp), label=strategy.key()
+            subject, candidate, config, Path(workdir or tmp), label=label
         )
     return measurement
 
@@ -87,7 +112,8 @@ def measure_candidate(
     Returns the measurement and the compiled model (its files stay in ``workdir``).
 
     Raises:
-        EvaluationError: NaN/inf outputs or metric (``label`` names the candidate).
+        EvaluationError: NaN/inf outputs or metric (``label`` names the candidate, e.g.
+            ``"strategy 50e30f82cdabd66d"``).
     """
     from runners import get_runtime
     from runners.metrics import count_params, flops_by_module
@@ -101,10 +127,10 @@ def measure_candidate(
         ]
     )
     if not np.isfinite(outputs).all():
-        raise EvaluationError(f"strategy {label} gives NaN/inf outputs")
+        raise EvaluationError(f"{label} gives NaN/inf outputs on the eval split")
     accuracy = float(subject.workload.metric(outputs, subject.workload.eval.targets.numpy()))
     if not math.isfinite(accuracy):
-        raise EvaluationError(f"strategy {label}: metric is {accuracy}")
+        raise EvaluationError(f"{label}: the metric is {accuracy}")
     lock_wait, timing_s = 0.0, 0.0
     if not config.time_latency:
         latency = LatencyStats.not_timed()
@@ -207,6 +233,7 @@ def measurement_dict(m: Measurement) -> dict[str, Any]:
 
 __all__ = [
     "PRECISION_COST",
+    "BaselineError",
     "EvalConfig",
     "EvalResult",
     "EvaluationError",

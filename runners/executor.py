@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from runners.evaluate import BaselineError
 from runners.job import EvalSpec, Outcome
 from search_spaces import Strategy
 
@@ -328,7 +329,11 @@ class _SlotExecutor:
         slot.failed_starts += 1
         if not self._started:
             self.close()
-            raise WorkerStartError(f"evaluation worker for {self.spec.name} failed: {error}")
+            failure = WorkerStartError(f"evaluation worker for {self.spec.name} failed: {error}")
+            prefix = f"{BaselineError.__name__}: "
+            if error.startswith(prefix):  # the model's fault, not the worker's: say so plainly
+                raise BaselineError(error.removeprefix(prefix)) from failure
+            raise failure
         # A replacement failed: give its error to one queued candidate, so that a worker that
         # can never start again fails each candidate once instead of restarting forever.
         if self._queue and not any(s.handle is not None for s in self._slots):

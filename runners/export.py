@@ -208,7 +208,7 @@ def export_candidate(
         say(f"measuring the optimized model on {runtime}")
         work = staging / "work"
         measurement, compiled = measure_candidate(
-            subject, candidate, config, work, label=strategy.key()
+            subject, candidate, config, work, label=f"strategy {strategy.key()}"
         )
         files = _write_model(fmt, candidate.model, compiled, work, staging)
         shutil.rmtree(work, ignore_errors=True)  # not every runtime writes files

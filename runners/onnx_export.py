@@ -19,7 +19,11 @@ functions only.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +49,30 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 
 
+class OnnxExportError(RuntimeError):
+    """The TorchScript ONNX exporter could not export a model (an op it has no ONNX form for,
+    e.g. ``torch.fft``; control flow on tensor values; an output that is not a tensor)."""
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send file descriptor 1 to stderr: the exporter's C++ side prints the whole TorchScript
+    graph on stdout when it fails, which would corrupt a ``--json`` answer."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no fd 1 (a closed stdout): nothing to protect
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def export_onnx(model: nn.Module, example_input: Inputs, path: Path) -> Path:
     """Export ``model`` to ONNX with a dynamic batch axis, nodes named by module path.
 
@@ -63,6 +91,10 @@ def export_onnx(model: nn.Module, example_input: Inputs, path: Path) -> Path:
     Returns:
         ``path``.
 
+    Raises:
+        OnnxExportError: The exporter failed; the message names the exporter's reason (the
+            graph it prints on failure goes to stderr, never stdout).
+
     Example:
         >>> export_onnx(nn.Linear(4, 2).eval(), torch.randn(1, 4), tmp / "m.onnx")  # doctest: +SKIP
     """
@@ -73,7 +105,7 @@ def export_onnx(model: nn.Module, example_input: Inputs, path: Path) -> Path:
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), _stdout_to_stderr():
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)
             # torch's own shape checks (inside nn.MultiheadAttention) warn while tracing; a
@@ -90,6 +122,13 @@ def export_onnx(model: nn.Module, example_input: Inputs, path: Path) -> Path:
                 output_names=[OUTPUT_NAME],
                 dynamic_axes={**{n: {0: "batch"} for n in names}, OUTPUT_NAME: {0: "batch"}},
             )
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OnnxExportError(
+            f"{type(model).__name__} does not export to ONNX (opset {OPSET}, TorchScript "
+            f"exporter): {reason}. Every runtime layerpilot measures on loads that ONNX file: "
+            "replace the op with one the exporter supports, or keep it outside the model"
+        ) from exc
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
     return path

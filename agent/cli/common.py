@@ -61,7 +61,9 @@ def add_measure_args(p: argparse.ArgumentParser) -> None:
         "--max-seconds",
         type=float,
         default=None,
-        help="cap on timing seconds per model (default: the protocol's)",
+        help="cap on the seconds spent timing each model, warm-up included (default: the "
+        "protocol's 30); it bounds each latency measurement, not the command (a search's "
+        "length is --time-budget)",
     )
 
 

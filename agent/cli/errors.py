@@ -34,6 +34,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from envs.workloads import UnknownWorkloadError, WorkloadCacheError, WorkloadSpecError
     from runners import UnknownRuntimeError
     from runners.base import RuntimeUnavailableError, UnsupportedPrecisionError
+    from runners.evaluate import BaselineError
     from runners.export import ExportError
     from runners.job import EvalSpecError
     from runners.precision_map import PrecisionMappingError
@@ -59,6 +60,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         PrecisionMappingError,
         MissingCalibrationError,
         ExportError,
+        BaselineError,
     )
 
 
