@@ -10,6 +10,9 @@ The hypervolume reference point is fixed so that searches, benchmarks and report
 accuracy ``baseline_accuracy - HV_ACCURACY_MARGIN`` (10 points) and speedup
 ``HV_REF_SPEEDUP`` (1.0x). A candidate that is slower than the baseline or loses more than 10
 points adds nothing. The unit is accuracy points x speedup.
+
+Long module: the front, the hypervolume, the fidelity selection, the markdown/HTML report and
+its plot belong together (the report reads all of them).
 """
 
 from __future__ import annotations
@@ -200,6 +203,7 @@ def write_report(
         f"| fidelity | every figure below is measured after **{level}** recovery "
         f"({len(ok)} candidates){_cheaper_note(cheaper, level)} |",
         f"| failed | {failed} |",
+        *_doubt_rows(ok),
         f"| baseline | accuracy {base_accuracy:.2f}%, latency {_num(base_latency, 3)} ms, "
         f"FLOPs {_si(base_flops)} |",
         f"| hypervolume | {hv:.3f} (reference: accuracy {base_accuracy - HV_ACCURACY_MARGIN:.2f}%"
@@ -247,6 +251,17 @@ def write_html(markdown: Path, plot: Path, title: str) -> Path:
     out = markdown.with_suffix(".html")
     out.write_text(f"{head}<body style='font-family:sans-serif'>{img}{text}</body>\n")
     return out
+
+
+def _doubt_rows(ok: Sequence[CandidateRecord]) -> list[str]:
+    """A row naming the candidates whose speedup is in doubt (`EvalResult.latency_doubts`)."""
+    doubtful = [r for r in ok if r.result is not None and r.result.latency_doubts]
+    if not doubtful:
+        return []
+    named = ", ".join(f"#{r.index}" for r in doubtful[:8]) + (" …" if len(doubtful) > 8 else "")
+    first = doubtful[0].result
+    assert first is not None
+    return [f"| latency in doubt | {len(doubtful)} ({named}); e.g. {first.latency_doubts[0]} |"]
 
 
 def _cheaper_note(cheaper: Sequence[CandidateRecord], level: str) -> str:

@@ -57,6 +57,10 @@ class LatencyConfig:
     rel_tol: float = 0.02
     """Stable when the median of all runs so far moved by at most this fraction between two
     consecutive rounds."""
+    max_spread: float = 0.5
+    """...and the runs' spread, ``(p90 − p10) / median``, is at most this: a median can settle
+    while the runs scatter over a band several times its size (a spread of 5.9 was once called
+    stable under a load spike). Quiet timings here spread 0.02–0.3."""
     max_seconds: float = 30.0
     """Wall-clock cap for the whole measurement, warm-up included; checked after every run, so a
     slow model stops mid-round (``stable=False``)."""
@@ -88,6 +92,8 @@ class LatencyConfig:
             )
         if not 0.0 < self.rel_tol < 1.0:
             errors.append(f"rel_tol must be in (0, 1), got {self.rel_tol}")
+        if not 0.0 < self.max_spread < math.inf:
+            errors.append(f"max_spread must be a positive number, got {self.max_spread}")
         if not (self.max_seconds > 0 and math.isfinite(self.max_seconds)):
             errors.append(f"max_seconds must be a positive number, got {self.max_seconds}")
         if self.batch_size < 1:
@@ -115,7 +121,8 @@ class LatencyStats:
     rounds: int
     """Rounds started (a round cut short by ``max_seconds`` counts)."""
     stable: bool
-    """True when the median settled within ``rel_tol``; False when a cap stopped it first."""
+    """True when the median settled within ``rel_tol`` and the spread is within
+    ``max_spread``; False when a cap stopped it first or the runs scattered."""
     inputs: int = 0
     """Distinct inputs the runs rotated over (0: one example repeated). Set for models whose
     cost depends on the input (dynamic skip)."""
@@ -254,7 +261,10 @@ def measure_latency(
     finally:
         if gc_was_enabled:
             gc.enable()
-    return LatencyStats.from_times(times, rounds, stable)
+    stats = LatencyStats.from_times(times, rounds, stable)
+    if stats.spread > config.max_spread:
+        stats = replace(stats, stable=False)
+    return stats
 
 
 def measure_compiled(

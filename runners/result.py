@@ -38,6 +38,12 @@ CORE_METRICS: tuple[str, ...] = (
 )
 """Fields every candidate run logs as metrics (`EvalResult.metrics`; actions add theirs)."""
 
+MAX_REALIZATION = 1.1
+"""A measured speedup more than this multiple of the FLOP-ideal one is flagged
+(`EvalResult.latency_doubts`): int8 is costed at a quarter of a fp32 FLOP, so a real runtime
+stays below 1 except by timing noise (the protocol's 2 % on each side) or a slow baseline."""
+_BOOL = frozenset({"latency_stable", "baseline_latency_stable"})
+
 LEGACY_KEYS: dict[str, str] = {"latency_median_ms": "latency_input_median_ms"}
 """Action-metric keys of records written before issue 15 -> their name now. A dynamic-skip
 record's ``latency_median_ms`` was the median over inputs; the plain median of an export summary
@@ -121,6 +127,11 @@ class EvalResult:
     """The unchanged model's latency, taken the same way."""
     baseline_latency_p90_ms: float
     """90th percentile of the unchanged model's runs."""
+    baseline_latency_spread: float
+    """``(p90 − p10) / median`` of the unchanged model's runs (NaN in records older than it)."""
+    baseline_latency_stable: bool
+    """The unchanged model's timing settled (`LatencyStats.stable`; True in older records,
+    which did not say)."""
     speedup: float
     """``baseline_latency_ms / latency_ms``; the FLOP-ideal speedup when latency was not timed."""
     speedup_source: SpeedupSource
@@ -157,6 +168,7 @@ class EvalResult:
             "latency_spread",
             "baseline_latency_ms",
             "baseline_latency_p90_ms",
+            "baseline_latency_spread",
             "speedup",
             "ideal_speedup",
             "realization",
@@ -206,6 +218,8 @@ class EvalResult:
             latency_runs=c.latency.runs,
             baseline_latency_ms=b.latency.expected_ms,
             baseline_latency_p90_ms=b.latency.p90_ms,
+            baseline_latency_spread=b.latency.spread,
+            baseline_latency_stable=b.latency.stable or not b.latency.timed,
             speedup=speedup,
             speedup_source="latency" if c.latency.timed else "flops",
             ideal_speedup=ideal,
@@ -229,6 +243,37 @@ class EvalResult:
                 f"action metrics {', '.join(clash)} would overwrite EvalResult fields; "
                 "rename them in the action's record_metrics"
             )
+
+    @property
+    def latency_doubts(self) -> tuple[str, ...]:
+        """Why this speedup may not be what the deployed model gets (empty: nothing seen).
+
+        A speedup above the FLOP-ideal by more than `MAX_REALIZATION` almost always means the
+        baseline was timed slow (a load spike); an unstable timing on either side moves the
+        ratio by as much as its spread.
+        """
+        if self.speedup_source != "latency":
+            return ()
+        doubts = []
+        if self.realization > MAX_REALIZATION:
+            doubts.append(
+                f"speedup {self.speedup:.2f}x is {self.realization:.2f}x the FLOP-ideal "
+                f"{self.ideal_speedup:.2f}x (a slow baseline timing?)"
+            )
+        # a record rebuilt from metrics alone does not know its spread: no doubt without one
+        if not self.baseline_latency_stable and math.isfinite(self.baseline_latency_spread):
+            doubts.append(f"baseline timing unstable (spread {self.baseline_latency_spread:.2f})")
+        if not self.latency_stable and math.isfinite(self.latency_spread):
+            doubts.append(f"candidate timing unstable (spread {self.latency_spread:.2f})")
+        return tuple(doubts)
+
+    @property
+    def baseline_in_doubt(self) -> bool:
+        """The doubt is the baseline's (timing it again may clear it)."""
+        return self.speedup_source == "latency" and (
+            self.realization > MAX_REALIZATION
+            or (not self.baseline_latency_stable and math.isfinite(self.baseline_latency_spread))
+        )
 
     @property
     def strategy_key(self) -> str:
@@ -308,6 +353,7 @@ class EvalResult:
             runtime=str(data.get("runtime") or ""),
             strategy=strategy,
             latency_stable=bool(data.get("latency_stable", False)),
+            baseline_latency_stable=bool(data.get("baseline_latency_stable", True)),
             speedup_source=source,
             info=dict(info),
             action_metrics=actions,
@@ -327,7 +373,7 @@ class EvalResult:
         """
         if name in self.action_metrics:
             return float(self.action_metrics[name])
-        if name in self._FLOAT or name in self._INT or name == "latency_stable":
+        if name in self._FLOAT or name in self._INT or name in _BOOL:
             return float(getattr(self, name))
         return math.nan
 
@@ -376,6 +422,7 @@ def _nan_safe(value: Any) -> Any:
 __all__ = [
     "CORE_METRICS",
     "LEGACY_KEYS",
+    "MAX_REALIZATION",
     "EvalResult",
     "Measurement",
     "ResultFormatError",

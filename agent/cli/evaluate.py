@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate(subject, strategy, config)
     data = result.to_dict()
     data["evaluate_seconds"] = time.perf_counter() - started
+    data["latency_doubts"] = list(result.latency_doubts)
     if args.json:
         print_json(data)
         return 0
@@ -94,4 +95,6 @@ def run(args: argparse.Namespace) -> int:
         f"spread {100 * data['latency_spread']:.1f}% over {data['latency_runs']} runs, "
         f"{data['evaluate_seconds']:.1f} s[/dim]"
     )
+    for doubt in result.latency_doubts:
+        con.print(f"[yellow]latency in doubt: {doubt}; time it again on a quieter machine[/yellow]")
     return 0

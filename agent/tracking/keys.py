@@ -40,6 +40,9 @@ PARETO_TAG = "pareto"
 ERROR_TAG = "error"
 SUMMARY_TAG = "layerpilot.summary"
 """A candidate run's strategy on one line (``layer1.0: skip; conv1: prune=0.5``)."""
+DOUBT_TAG = "layerpilot.latency_doubts"
+"""Set on a candidate run whose speedup may be off (`EvalResult.latency_doubts`, joined by
+``; ``): above the FLOP-ideal, or an unstable timing on either side."""
 NOTE_TAG = "mlflow.note.content"
 """The run description the MLflow UI shows (markdown)."""
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."
@@ -241,6 +244,7 @@ __all__ = [
     "AGGREGATE_PREFIX",
     "BASELINE_PREFIX",
     "DEFAULT_UNIT_PARAM",
+    "DOUBT_TAG",
     "ERROR_TAG",
     "EVAL_SPEC_ARTIFACT",
     "EXPERIMENT_KIND",

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from agent.records import CandidateRecord
 from agent.tracking.keys import (
     BASELINE_PREFIX,
+    DOUBT_TAG,
     ERROR_TAG,
     ESTIMATED_TAG,
     EVAL_SPEC_ARTIFACT,
@@ -193,6 +194,8 @@ class Tracker:
         if outcome.error:
             tags[ERROR_TAG] = truncate(outcome.error, MAX_TAG_VALUE)
         tags[SUMMARY_TAG] = truncate(_strategy_line(outcome.strategy), MAX_TAG_VALUE)
+        if outcome.result is not None and outcome.result.latency_doubts:
+            tags[DOUBT_TAG] = truncate("; ".join(outcome.result.latency_doubts), MAX_TAG_VALUE)
         run = self.client.create_run(
             self.experiment_id, start_time=start, tags=tags, run_name=candidate_run_name(record)
         )

@@ -59,6 +59,8 @@ def test_evaluate_byo_model_prints_stable_json_keys():
     assert data["latency_ms"] > 0 and data["latency_p90_ms"] >= data["latency_ms"]
     assert data["params"] == data["baseline_params"]  # int8 changes precision, not structure
     assert data["size_bytes"] < data["baseline_size_bytes"]
+    assert isinstance(data["latency_doubts"], list)  # why the speedup may be off (issue 18)
+    assert all(isinstance(d, str) for d in data["latency_doubts"])
 
 
 def test_evaluate_identity_strategy_keeps_baseline_accuracy():

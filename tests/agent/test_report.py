@@ -235,3 +235,21 @@ def test_compact_strategy_lists_units_and_marks_identity():
 
     assert compact_strategy(strategy) == "*: precision=int8; layer1.0: skip"
     assert compact_strategy(Strategy({})) == "(unchanged)"
+
+
+def test_write_report_names_the_candidates_whose_speedup_is_in_doubt(tmp_path: Path):
+    """Issue 18 (B.8): a speedup above the FLOP-ideal (a baseline timed under a load spike) is
+    flagged in the report, not passed off as a result."""
+    plain = record(1, 94.0, 2.0)
+    spiked = record(2, 94.5, 5.0)
+    assert spiked.outcome.result is not None
+    data = {**spiked.outcome.result.to_dict(), "ideal_speedup": 2.0, "realization": 2.5,
+            "speedup_source": "latency", "latency_runs": 100}  # fmt: skip
+    spiked = CandidateRecord(2, Outcome(spiked.strategy, "ok", result=data), 0.5, "ppo")
+
+    text = write_report([plain, spiked], BASELINE, tmp_path, "t").read_text()
+
+    row = next(line for line in text.splitlines() if line.startswith("| latency in doubt"))
+    assert "| 1 (#2);" in row and "5.00x is 2.50x the FLOP-ideal 2.00x" in row
+    clean = write_report([plain], BASELINE, tmp_path / "clean", "t").read_text()
+    assert "latency in doubt" not in clean

@@ -26,6 +26,7 @@ from agent.tracking import (
     records_from_runs,
     strategy_params,
 )
+from agent.tracking.keys import DOUBT_TAG
 from runners.export import ExportedModel
 from runners.job import Outcome
 from runners.latency import LatencyStats
@@ -210,6 +211,21 @@ def test_log_candidate_ends_failed_with_error_tag_when_outcome_failed(search):
     assert run.data.tags["error"] == "RuntimeError: ONNX export failed"
     assert run.data.metrics == {"reward": -1.0, "eval_seconds": 0.5}
     assert run.data.params["cached"] == "True"
+
+
+def test_a_candidate_whose_speedup_is_in_doubt_says_so_in_a_tag(tracker, tmp_path: Path):
+    """Issue 18 (B.8): a speedup above the FLOP-ideal is tagged with why, so the runs table
+    can show (and filter out) what a slow baseline timing flattered."""
+    tracker.start_search("ppo-digits", CONFIG, WORKLOAD, BASELINE, tmp_path)
+    data = {**result_data(6.0), "ideal_speedup": 2.0, "realization": 3.0}
+    outcome = Outcome(STRATEGY, "ok", result=EvalResult.from_dict(data), eval_seconds=1.0)
+    doubted = tracker.log_candidate(CandidateRecord(0, outcome, 0.5, "ppo"))
+    plain = tracker.log_candidate(ok_record(1))
+    tracker.finish_search({"candidates": 2}, "FINISHED")
+
+    tags = tracker.client.get_run(doubted).data.tags
+    assert "6.00x is 3.00x the FLOP-ideal 2.00x" in tags[DOUBT_TAG]
+    assert DOUBT_TAG not in tracker.client.get_run(plain).data.tags
 
 
 def test_log_candidate_truncates_error_when_longer_than_mlflow_accepts(tracker, tmp_path):

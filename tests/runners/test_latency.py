@@ -147,6 +147,7 @@ def test_measure_latency_restores_gc_when_fn_raises():
         ({"min_rounds": 5, "max_rounds": 4}, "max_rounds"),
         ({"rel_tol": 0.0}, "rel_tol"),
         ({"rel_tol": 1.5}, "rel_tol"),
+        ({"max_spread": 0.0}, "max_spread"),
         ({"max_seconds": 0.0}, "max_seconds"),
         ({"max_seconds": float("inf")}, "max_seconds"),
         ({"batch_size": 0}, "batch_size"),
@@ -251,3 +252,15 @@ def test_measure_over_inputs_summarises_each_input_separately():
     assert stats.input_mean_ms is not None and 2.0 < stats.input_mean_ms < 4.5
     assert stats.expected_ms == stats.input_mean_ms
     assert stats.runs % 2 == 0  # rotated: each input timed equally often
+
+
+def test_a_settled_median_over_scattered_runs_is_not_stable():
+    """Issue 18 (B.8): a spread of 5.9 was called ``latency_stable``. Runs alternating 1 ms and
+    10 ms give a median that never moves, and a spread of 9: not stable."""
+    clock = FakeClock()
+    durations = iter([1.0, 1.0, 10.0] * 1000)
+    stats = measure_latency(clock.runs(durations), _config(), clock=clock)
+    assert stats.spread > 5
+    assert not stats.stable
+    calm = measure_latency(clock.runs(iter([1.0] * 1000)), _config(max_spread=0.1), clock=clock)
+    assert calm.stable

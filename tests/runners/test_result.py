@@ -19,6 +19,8 @@ from search_spaces import Strategy
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "pre15"
 LEGACY = {"latency_median_ms": "latency_input_median_ms"}
+ADDED = ("baseline_latency_spread", "baseline_latency_stable")
+"""Keys added since the fixture (issue 18: how well the baseline itself was timed)."""
 INFO = {"threads": 1, "provider": "CPUExecutionProvider", "cpu": "AMD EPYC", "batch_size": 1}
 
 
@@ -115,10 +117,12 @@ def test_of_gives_the_figures_and_keys_of_the_pre_change_to_dict(case: str) -> N
     # the one rename: the per-input median of dynamic skip (in place: key order is kept)
     before = {LEGACY.get(k, k): v for k, v in before.items()}
 
-    after = result_of(case).to_dict()
+    full = result_of(case).to_dict()
+    after = {k: v for k, v in full.items() if k not in ADDED}
 
     assert list(after) == list(before)
     assert same(after, before)
+    assert set(ADDED) <= set(full)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -193,7 +197,8 @@ def test_old_dynamic_key_latency_median_ms_reads_as_the_input_median() -> None:
 
     assert result.action_metrics["latency_input_median_ms"] == old["latency_median_ms"]
     assert "latency_median_ms" not in result.action_metrics
-    assert result == result_of("dynamic")
+    current = {k: v for k, v in result_of("dynamic").to_dict().items() if k not in ADDED}
+    assert same({k: v for k, v in result.to_dict().items() if k not in ADDED}, current)
 
 
 @pytest.mark.parametrize("name", ["cache.jsonl", "candidates.jsonl"])
@@ -210,7 +215,7 @@ def test_pre_change_search_lines_read_into_typed_results(name: str) -> None:
         assert result.strategy_key == data["strategy_key"]
         for key, value in data.items():  # every figure kept; only the dynamic median renamed
             assert rewritten[LEGACY.get(key, key)] == value
-        assert len(rewritten) == len(data)
+        assert len(rewritten) == len(data) + len(ADDED)
     dynamic = EvalResult.from_dict(json.loads(lines[1])["outcome"]["result"])
     assert dynamic.action_metrics["executed_share"] == pytest.approx(0.8272, abs=1e-4)
 
@@ -262,3 +267,30 @@ def test_action_metric_named_like_a_field_is_refused() -> None:
 
     with pytest.raises(ValueError, match="speedup would overwrite"):
         EvalResult(**{**result.__dict__, "action_metrics": {"speedup": 9.0}})
+
+
+def test_a_speedup_above_the_flop_ideal_or_an_unstable_timing_is_in_doubt() -> None:
+    """Issue 18 (B.8): 19.2x where the FLOP-ideal was 14.35x (a 6 ms baseline under a load spike)
+    was reported without a word. Every such record now says why its speedup is in doubt."""
+    quiet = result_of("static")  # 2.5 ms -> 0.9 ms: 2.78x of an ideal 10.35x
+    assert quiet.latency_doubts == ("candidate timing unstable (spread 0.15)",)
+    assert not quiet.baseline_in_doubt
+    candidate, baseline = _m(97.0, _stats(1.0), 100, 100.0), _m(99.0, _stats(6.0), 200, 200.0)
+    spiked = EvalResult.of("w", Strategy(), "onnxruntime-cpu", candidate, baseline)
+    assert spiked.realization == pytest.approx(3.0)
+    assert spiked.baseline_in_doubt
+    assert "6.00x is 3.00x the FLOP-ideal 2.00x" in spiked.latency_doubts[0]
+    scattered = _m(99.0, _stats(1.5, spread=5.9, stable=False), 200, 200.0)
+    noisy = EvalResult.of("w", Strategy(), "onnxruntime-cpu", candidate, scattered)
+    assert noisy.latency_doubts == ("baseline timing unstable (spread 5.90)",)
+    assert EvalResult.from_dict(json.loads(json.dumps(noisy.to_dict()))) == noisy
+    assert result_of("untimed").latency_doubts == ()  # FLOP speedups are not timings
+
+
+def test_a_record_older_than_the_baseline_timing_fields_is_not_in_doubt_for_them() -> None:
+    data = result_of("dynamic").to_dict()
+    for key in ADDED:
+        del data[key]
+    old = EvalResult.from_dict(data)
+    assert old.baseline_latency_stable and math.isnan(old.baseline_latency_spread)
+    assert not old.baseline_in_doubt
