@@ -1,7 +1,8 @@
 """Export one strategy as a deployable model: build, fully recover, measure, write the files.
 
 What lands in the output directory (written to a hidden sibling first and renamed at the end,
-so a failed export leaves nothing half-written):
+so a failed export leaves nothing half-written; the staging folder of an export that was killed
+is removed by the next export to the same place, `sweep_stale_staging`):
 
 - the model: ``model.onnx`` (``onnx``: the graph exactly as measured, the strategy's per-unit
   precisions included; ``onnx-int8``: every unit int8, Q/DQ), ``model.pt`` (``torch``: a state
@@ -11,14 +12,20 @@ so a failed export leaves nothing half-written):
 - ``export.json``: every figure of the report, machine-readable, and what it was exported from;
 - ``report.md``: accuracy, latency (median, p90), speedup, size and FLOPs of the baseline and
   the optimized model, measured here on the same runtime, with the machine they ran on.
+
+Long module: the export pipeline, its file formats, its report and the torch rebuild read the
+same `ExportedModel`.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import platform
+import re
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -195,7 +202,8 @@ def export_candidate(
     subject.resolve(strategy)  # a strategy that does not fit fails before any work
     config = replace(config, runtime=runtime, build=replace(config.build, recovery=recovery))
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    sweep_stale_staging(out)
+    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(out), dir=out.parent))
     umask = os.umask(0)
     os.umask(umask)
     staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is a normal directory
@@ -236,6 +244,39 @@ def export_candidate(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return exported
+
+
+def _staging_prefix(out: Path) -> str:
+    """``.<name>.partial-<host>-<pid>-``: whose staging folder it is, so a later export can tell
+    a live one from one a killed process left."""
+    host = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())
+    return f".{out.name}.partial-{host}-{os.getpid()}-"
+
+
+def sweep_stale_staging(out: Path) -> list[Path]:
+    """Remove the staging folders of exports to ``out`` that were killed (SIGKILL, a crash)
+    on this host: their process is gone, so nothing will finish or remove them. Folders of
+    live processes, of other hosts (a shared file system) or of unknown shape are kept.
+    Returns what was removed."""
+    host = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())
+    mine = f".{out.name}.partial-{host}-"
+    removed = []
+    for path in out.parent.glob(f"{glob.escape(mine)}*"):
+        pid = path.name.removeprefix(mine).split("-", 1)[0]
+        if path.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _write_model(

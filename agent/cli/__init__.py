@@ -12,7 +12,11 @@ inside ``run``, so ``layerpilot --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
 from collections.abc import Sequence
+from types import FrameType
+from typing import Any
 
 from agent.cli import evaluate, export, profile, report, runtimes, search, ui, workloads
 from agent.cli.console import err_console, print_error
@@ -37,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``layerpilot ARGV`` and return its exit code (user errors: `EXIT_USAGE`)."""
     args = build_parser().parse_args(argv)
+    previous = _terminate_like_ctrl_c()
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
@@ -48,6 +53,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print_error(message(exc))
         return code
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate_like_ctrl_c() -> Any:
+    """SIGTERM raises `KeyboardInterrupt`, as Ctrl-C does, so every command cleans up after
+    itself (an export's staging folder, an evaluation's temporary one) instead of dying where
+    it stands. Returns the handler it replaced (None: not the main thread, nothing changed)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, terminate)
 
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_USAGE", "CliError", "build_parser", "main"]

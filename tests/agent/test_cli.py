@@ -179,3 +179,28 @@ def test_workloads_measures_every_builtin(workload_cache):
     rows = json.loads(proc.stdout)
     assert len(rows) == 3
     assert all(r["accuracy"] > 90 and r["latency_ms"] > 0 and r["flops"] > 0 for r in rows)
+
+
+def test_sigterm_during_evaluate_cleans_up_like_ctrl_c(tmp_path: Path) -> None:
+    """Issue 18 (B.15): SIGTERM during ``evaluate`` left its temporary folder behind (the
+    default action kills Python before any cleanup). Every command now treats SIGTERM as
+    Ctrl-C: the folder is removed and the exit code is 130."""
+    import signal
+    import time
+
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "evaluate", "--model", BYO, "--strategy", "{}"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("layerpilot-*")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "evaluate never created its temporary folder"
+        time.sleep(0.01)
+    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert list(tmp_path.glob("layerpilot-*")) == []

@@ -4,6 +4,7 @@ says, and a failed or refused export leaves nothing half-written."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import onnx
@@ -220,3 +221,29 @@ def test_torch_export_of_a_dynamic_skip_candidate_rebuilds_the_gated_model(
     accuracy = float((preds == split.targets).float().mean() * 100)
     assert accuracy == pytest.approx(exported.candidate.accuracy, abs=1e-9)
     assert executed == pytest.approx(exported.candidate.info["dynamic"]["executed_blocks"])
+
+
+def test_an_export_removes_the_staging_folders_killed_exports_left(subject, strategy, tmp_path):
+    """Issue 18 (B.15): SIGKILL during export left hidden ``.<out>.partial-*`` folders forever.
+    The next export to the same place removes those whose process is gone, and only those."""
+    import multiprocessing
+    import socket
+
+    from runners.export import sweep_stale_staging
+
+    gone = multiprocessing.get_context("spawn").Process(target=int)
+    gone.start()
+    gone.join()
+    host = socket.gethostname()
+    dead = tmp_path / f".export.partial-{host}-{gone.pid}-abc123"
+    live = tmp_path / f".export.partial-{host}-{os.getpid()}-def456"
+    elsewhere = tmp_path / f".export.partial-otherhost-{gone.pid}-ghi789"
+    for folder in (dead, live, elsewhere):
+        (folder / "work").mkdir(parents=True)
+    assert sweep_stale_staging(tmp_path / "other") == []  # another output's: not touched
+
+    export_candidate(subject, strategy, "onnx", tmp_path / "export", config=FAST, recovery=RECOVERY)
+
+    assert not dead.exists()
+    assert live.exists() and elsewhere.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["export"]
