@@ -3,6 +3,7 @@ candidate (strategy file and logged model), and the report."""
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import replace
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 from agent.config import SearchConfig, build_config
 from agent.records import CandidateRecord
 from agent.search_dir import SearchDir, SearchState
+
+logger = logging.getLogger(__name__)
 
 
 def baseline_summary(measurement: dict[str, Any]) -> dict[str, Any]:
@@ -102,8 +105,6 @@ def finish(
     Adds ``best_index`` to ``summary`` when a candidate succeeded.
     """
     from agent.report import best_at_drop, deployed_records, pareto_front, write_report
-    from runners.build import build_candidate
-    from runners.recovery import recovery_preset
 
     ok = [r for r in deployed_records(records, config.fidelities[-1]) if r.ok]
     front = [ok[i] for i in pareto_front([(-r.accuracy_drop, r.speedup) for r in ok])]
@@ -113,9 +114,7 @@ def finish(
         sdir.write_best_strategy(best.strategy)
         summary["best_index"] = best.index
         if config.log_model and best.index in run_ids:
-            build = replace(build_config(config), recovery=recovery_preset(best.fidelity))
-            model = build_candidate(subject, best.strategy, build).model
-            tracker.log_best_model(run_ids[best.index], model, subject.workload.example_input)
+            _log_best_model(tracker, config, subject, best, run_ids[best.index])
     report = write_report(
         records,
         state.baseline or {},
@@ -133,3 +132,28 @@ def finish(
     tracker.describe_search(shown, run_ids.get(shown.index) if shown else None, bound)
     tracker.save_view(bound, config.fidelities[-1])
     tracker.finish_search({k: v for k, v in summary.items() if isinstance(v, int | float)}, status)
+
+
+def _log_best_model(
+    tracker: Any, config: SearchConfig, subject: Any, best: CandidateRecord, run_id: str
+) -> None:
+    """Rebuild the best candidate and log it on its run (`agent.tracking.models`' policy: pt2,
+    else the ONNX graph its figures were measured on). A model that cannot be logged costs a
+    warning and a tag, never the search's results."""
+    from runners.build import build_candidate
+    from runners.onnx_export import build_onnx
+    from runners.recovery import recovery_preset
+
+    try:
+        build = replace(build_config(config), recovery=recovery_preset(best.fidelity))
+        candidate = build_candidate(subject, best.strategy, build)
+        tracker.log_best_model(
+            run_id,
+            candidate.model,
+            subject.workload.example_input,
+            onnx_form=lambda folder: build_onnx(candidate, folder).path,
+        )
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        logger.warning("the best model was not logged to MLflow: %s", reason)
+        tracker.note_model_not_logged(run_id, reason)

@@ -5,8 +5,8 @@ One concern per module:
 - :mod:`~agent.tracking.uri` — where the store is (default URI, artifact root, artifact reads);
 - :mod:`~agent.tracking.keys` — the tag/param/artifact names and MLflow-safe values;
 - :mod:`~agent.tracking.writer` — :class:`Tracker`, the driver's only writer;
-- :mod:`~agent.tracking.models` — the one model-logging policy (``torch.export``, pickle as a
-  fallback; ONNX for the ONNX formats);
+- :mod:`~agent.tracking.models` — the one model-logging policy (``torch.export``, the measured
+  ONNX graph for a model that does not trace, never a pickle; ONNX for the ONNX formats);
 - :mod:`~agent.tracking.export_log` — :func:`log_export`, an export as its own run;
 - :mod:`~agent.tracking.readers` — a search read back: runs, baseline, setup, records.
 

@@ -42,19 +42,24 @@ def log_export(
     ``export.json`` as artifacts, and the model as an MLflow model with an input example and a
     signature (:mod:`agent.tracking.models`): ``mlflow.onnx`` for the ONNX formats (TensorRT
     logs the ONNX its engine was built from, plus the engine as an artifact), ``mlflow.pytorch``
-    for ``torch`` (``torch.export``'d, so loading it unpickles no code). ``register`` adds it to
+    for ``torch`` (``torch.export``'d, or its ONNX form when it does not trace: loading it never
+    unpickles code). ``register`` adds it to
     the Model Registry under that name.
 
     Returns ``run_id``, ``model_uri`` and, when registered, ``model_version``.
 
     Raises:
-        ValueError: A ``torch`` export was given without its ``torch_model``.
+        ValueError: A ``torch`` export was given without its ``torch_model`` or
+            ``example_input``.
     """
     from mlflow import MlflowClient
     from mlflow.entities import Param
 
-    if exported.format == "torch" and torch_model is None:
-        raise ValueError("a torch export is logged with its model: pass torch_model=")
+    if exported.format == "torch" and (torch_model is None or example_input is None):
+        raise ValueError(
+            "a torch export is logged with its model and an example input: pass torch_model= "
+            "and example_input="
+        )
     client = MlflowClient(tracking_uri)
     if parent_run_id is not None:
         experiment = client.get_experiment(client.get_run(parent_run_id).info.experiment_id).name
@@ -99,7 +104,7 @@ def log_export(
     if exported.format == "tensorrt":
         tracker.client.log_artifact(run_id, str(exported.out / exported.files["model"]))
     logged: ModelLog
-    if torch_model is not None and exported.format == "torch":
+    if torch_model is not None and example_input is not None and exported.format == "torch":
         logged = log_torch_model(
             tracker.client, tracking_uri, run_id, torch_model, example_input, register=register
         )

@@ -29,7 +29,8 @@ INDEX_TAG = "layerpilot.index"
 """A candidate run's 0-based position in its search."""
 SEARCH_DIR_TAG = "layerpilot.search_dir"
 SERIALIZATION_TAG = "layerpilot.torch_serialization"
-"""How a run's torch model was saved: ``pt2`` (``torch.export``) or ``pickle`` (the fallback)."""
+"""How a run's model was saved: ``pt2`` (``torch.export``) or ``onnx`` (a model that does not
+trace, as the ONNX graph it was measured on). Never a pickle."""
 FIDELITY_TAG = "layerpilot.fidelity"
 """A candidate run's recovery level (``none``, ``short``, ``full``): the accuracy it logs is the
 model's after that recovery."""
@@ -43,6 +44,8 @@ SUMMARY_TAG = "layerpilot.summary"
 DOUBT_TAG = "layerpilot.latency_doubts"
 """Set on a candidate run whose speedup may be off (`EvalResult.latency_doubts`, joined by
 ``; ``): above the FLOP-ideal, or an unstable timing on either side."""
+MODEL_NOT_LOGGED_TAG = "layerpilot.model_not_logged"
+"""Why a run that should carry a model does not (its rebuild or logging failed)."""
 NOTE_TAG = "mlflow.note.content"
 """The run description the MLflow UI shows (markdown)."""
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."
@@ -253,6 +256,7 @@ __all__ = [
     "HEADLINE_METRICS",
     "INDEX_TAG",
     "KIND_TAG",
+    "MODEL_NOT_LOGGED_TAG",
     "NOTE_TAG",
     "PARENT_RUN_TAG",
     "PARETO_TAG",

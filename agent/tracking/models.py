@@ -1,15 +1,17 @@
 """Logging a model to MLflow: one policy for the search's best model and for an export.
 
-**The policy.** A torch model is saved with ``torch.export`` (MLflow's ``pt2`` format), and
-pickled only as a fallback, tagged ``layerpilot.torch_serialization=pickle``, when it does not
-trace (data-dependent control flow: dynamic skip). ``pt2`` is the better default of the two
-that layerpilot used to have (the search pickled, the export exported) because:
+**The policy.** A torch model is saved with ``torch.export`` (MLflow's ``pt2`` format). When it
+cannot be (data-dependent control flow such as dynamic skip's gates, or inputs that are not one
+tensor, e.g. a tokenizer's dict), the model is logged as the ONNX graph layerpilot measured
+(``mlflow.onnx``; dynamic skip's gates as ``If`` nodes), tagged
+``layerpilot.torch_serialization=onnx``. Nothing is ever pickled, because:
 
-- loading it runs no pickled code (``docs/design.md``: "No pickled code"), so a model from a
-  shared store is safe to open;
+- loading a model runs no pickled code (``docs/design.md``: "No pickled code"), so a model from
+  a shared store is safe to open;
 - it needs no layerpilot on the loading side: a pickle refers to the classes that built the
   model (pruned wrappers, gated blocks) and breaks when they move or change;
-- the fallback keeps the promise that every logged run carries a loadable model.
+- the ONNX fallback is the graph every figure of the run was measured on, so a run always
+  carries a loadable model that matches its numbers.
 
 The example is given with at least two rows: ``torch.export`` specialises a size-1 axis, so a
 batch-1 example would pin the saved model's batch size to 1. The signature comes from one
@@ -24,6 +26,7 @@ Each model is an MLflow 3 ``LoggedModel`` created here, in the run's experiment:
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,7 +46,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-Serialization = Literal["pt2", "pickle", "onnx"]
+Serialization = Literal["pt2", "onnx"]
+
+OnnxWriter = Callable[[Path], Path]
+"""Writes a model's ONNX file into the given folder and returns its path."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,8 @@ class ModelLog:
     uri: str
     """Its model URI, ``models:/<model_id>``."""
     serialization: Serialization
-    """How it was saved: ``pt2`` (``torch.export``), ``pickle`` (the fallback) or ``onnx``."""
+    """How it was saved: ``pt2`` (``torch.export``) or ``onnx`` (an ONNX model, or the ONNX
+    form of a torch model ``torch.export`` could not trace)."""
     version: str | None = None
     """Its Model Registry version, when it was registered."""
 
@@ -63,19 +70,22 @@ def log_torch_model(
     tracking_uri: str,
     run_id: str,
     model: torch.nn.Module,
-    example_input: Inputs | None,
+    example_input: Inputs,
     *,
     register: str | None = None,
+    onnx_form: OnnxWriter | None = None,
 ) -> ModelLog:
-    """Log ``model`` as the MLflow PyTorch model ``model`` of ``run_id`` (see the module doc).
+    """Log ``model`` as the MLflow model ``model`` of ``run_id`` (see the module doc).
 
     Args:
         client: A client of ``tracking_uri``.
         tracking_uri: The store the run is in.
         run_id: The run the model belongs to.
         model: The model; it is put in eval mode.
-        example_input: One input batch; without it the model can only be pickled.
+        example_input: One input batch (tensor, tuple or dict of tensors).
         register: Also register it in the Model Registry under this name.
+        onnx_form: Writes the ONNX form logged when ``torch.export`` cannot be used (default: the
+            model's own export, `onnx_writer`); the search passes the graph it measured.
     """
     import mlflow.pytorch
     import torch
@@ -90,36 +100,54 @@ def log_torch_model(
                 y = model(torch.from_numpy(x))
             if isinstance(y, torch.Tensor):
                 signature = infer_signature(x, y.detach().cpu().numpy())
-        except Exception:  # the signature is documentation: a model without one still loads
+        except Exception:  # a model without a signature is logged in its ONNX form
             signature = None
-    common = {
-        "name": "model",
-        "run_id": run_id,
-        "signature": signature,
-        "input_example": x,
-        "pip_requirements": [f"torch=={metadata.version('torch')}"],
-        "registered_model_name": register,
-    }
 
-    def saver(serialization: Serialization) -> Callable[[str], tuple[Any, Serialization]]:
-        def save(model_id: str) -> tuple[Any, Serialization]:
-            info = mlflow.pytorch.log_model(
-                model, serialization_format=serialization, model_id=model_id, **common
-            )
-            return info, serialization
-
-        return save
+    def save(model_id: str) -> tuple[Any, Serialization]:
+        info = mlflow.pytorch.log_model(
+            model,
+            serialization_format="pt2",
+            model_id=model_id,
+            name="model",
+            run_id=run_id,
+            signature=signature,
+            input_example=x,
+            pip_requirements=[f"torch=={metadata.version('torch')}"],
+            registered_model_name=register,
+        )
+        return info, "pt2"
 
     logged = None
     if signature is not None:  # pt2 traces the example, so it needs both
         try:
-            logged = _log(client, tracking_uri, run_id, saver("pt2"))
+            logged = _log(client, tracking_uri, run_id, save)
         except Exception as exc:  # data-dependent control flow (dynamic skip) does not trace
-            logger.warning("torch.export failed (%s); logging the model pickled", exc)
+            logger.info("torch.export failed (%s); logging the model's ONNX form", exc)
     if logged is None:
-        logged = _log(client, tracking_uri, run_id, saver("pickle"))
+        write = onnx_form or onnx_writer(model, example_input)
+        with tempfile.TemporaryDirectory(prefix="layerpilot-model-") as tmp:
+            path = write(Path(tmp))
+            logged = log_onnx_model(
+                client, tracking_uri, run_id, path, example_input, register=register
+            )
     client.set_tag(run_id, SERIALIZATION_TAG, logged.serialization)
     return logged
+
+
+def onnx_writer(model: torch.nn.Module, example_input: Inputs) -> OnnxWriter:
+    """The ONNX export layerpilot measures a model by: an action's own exporter when one applies
+    (dynamic skip's gates), else the TorchScript exporter (`runners.onnx_export.export_onnx`)."""
+
+    def write(folder: Path) -> Path:
+        from runners.onnx_export import export_onnx
+        from search_spaces.actions import export_onnx as export_by_action
+
+        path = folder / "model.onnx"
+        return export_by_action(model, example_input, path) or export_onnx(
+            model, example_input, path
+        )
+
+    return write
 
 
 def log_onnx_model(
@@ -211,4 +239,4 @@ def _example_rows(example_input: Inputs | None) -> np.ndarray | None:
     return x if x.shape[0] > 1 else x.repeat(2, axis=0)
 
 
-__all__ = ["ModelLog", "log_onnx_model", "log_torch_model"]
+__all__ = ["ModelLog", "OnnxWriter", "log_onnx_model", "log_torch_model", "onnx_writer"]

@@ -28,6 +28,7 @@ from agent.tracking.keys import (
     INDEX_TAG,
     KIND_TAG,
     MAX_TAG_VALUE,
+    MODEL_NOT_LOGGED_TAG,
     NOTE_TAG,
     PARENT_RUN_TAG,
     PARETO_TAG,
@@ -48,7 +49,7 @@ from agent.tracking.keys import (
     strategy_params,
     truncate,
 )
-from agent.tracking.models import log_torch_model
+from agent.tracking.models import OnnxWriter, log_torch_model
 from agent.tracking.readers import load_search_runs
 from agent.tracking.uri import artifact_root, default_tracking_uri, store_setup_lock
 
@@ -267,13 +268,26 @@ class Tracker:
             self.client.set_tag(run_id, PARETO_TAG, "true")
         self._pareto = current
 
-    def log_best_model(self, run_id: str, model: torch.nn.Module, example_input: Inputs) -> str:
-        """Log ``model`` as the MLflow PyTorch model ``model`` of the candidate run ``run_id``.
+    def log_best_model(
+        self,
+        run_id: str,
+        model: torch.nn.Module,
+        example_input: Inputs,
+        onnx_form: OnnxWriter | None = None,
+    ) -> str:
+        """Log ``model`` as the MLflow model ``model`` of the candidate run ``run_id``.
 
-        Saved by the one model policy of :mod:`agent.tracking.models` (``torch.export``, pickle
-        only when it does not trace). Returns the model URI (``models:/<model_id>``).
+        Saved by the one model policy of :mod:`agent.tracking.models` (``torch.export``; the
+        ONNX graph ``onnx_form`` writes when it does not trace; never a pickle). Returns the
+        model URI (``models:/<model_id>``).
         """
-        return log_torch_model(self.client, self.tracking_uri, run_id, model, example_input).uri
+        return log_torch_model(
+            self.client, self.tracking_uri, run_id, model, example_input, onnx_form=onnx_form
+        ).uri
+
+    def note_model_not_logged(self, run_id: str, reason: str) -> None:
+        """Say on ``run_id`` why it carries no model (`MODEL_NOT_LOGGED_TAG`)."""
+        self.client.set_tag(run_id, MODEL_NOT_LOGGED_TAG, truncate(reason, MAX_TAG_VALUE))
 
     def log_artifact(self, run_id: str, path: Path) -> None:
         """Attach a file (or a directory, under its own name) to a run."""

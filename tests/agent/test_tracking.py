@@ -487,26 +487,31 @@ class _DataDependent(torch.nn.Module):
         return -self.fc(x)
 
 
-def test_log_best_model_falls_back_to_pickle_when_the_model_does_not_trace(search):
-    import mlflow.pytorch
+def test_log_best_model_logs_the_onnx_form_never_a_pickle_when_the_model_does_not_trace(search):
+    """Issue 18 (A): one model policy without pickle. A model ``torch.export`` cannot trace is
+    logged as its ONNX graph (what layerpilot measures), loadable without layerpilot."""
+    import mlflow.onnx
+    import onnxruntime as ort
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
     tracker, _, run_ids = search
     model = _DataDependent()
-    example = torch.randn(2, 8)
+    example = torch.rand(2, 8) + 0.1  # the branch the ONNX trace follows
 
     uri = tracker.log_best_model(run_ids[0], model, example)
 
     tags = tracker.client.get_run(run_ids[0]).data.tags
-    assert tags["layerpilot.torch_serialization"] == "pickle"
+    assert tags["layerpilot.torch_serialization"] == "onnx"
     assert tracker.client.get_logged_model(uri.removeprefix("models:/")).status == "READY"
     models = tracker.client.search_logged_models(
         [tracker.experiment_id], filter_string=f"source_run_id = '{run_ids[0]}'"
     )
     assert [m.model_id for m in models] == [uri.removeprefix("models:/")]  # the failed try: gone
     with _use_tracking_uri(tracker.tracking_uri):
-        loaded = mlflow.pytorch.load_model(uri)
-    assert torch.allclose(loaded(example), model(example))
+        proto = mlflow.onnx.load_model(uri)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: example.numpy()})
+    assert torch.allclose(torch.from_numpy(out), model(example).detach(), atol=1e-5)
 
 
 def _torch_export(out: Path) -> ExportedModel:

@@ -247,3 +247,44 @@ def test_an_export_removes_the_staging_folders_killed_exports_left(subject, stra
     assert not dead.exists()
     assert live.exists() and elsewhere.exists()
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["export"]
+
+
+def test_a_dynamic_skip_torch_export_is_logged_as_its_gated_onnx_graph_not_a_pickle(
+    subject, gated_strategy, tmp_path
+):
+    """Issue 18 (A): the gated model does not trace with ``torch.export``; it was pickled.
+    It is logged as the ONNX graph its own exporter writes (gates as ``If`` nodes)."""
+    import mlflow.onnx
+    from mlflow import MlflowClient
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    from agent.tracking import log_export
+
+    out = tmp_path / "export"
+    exported = export_candidate(
+        subject, gated_strategy, "torch", out, config=GATED, recovery=RECOVERY
+    )
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    logged = log_export(
+        exported,
+        tracking_uri=uri,
+        example_input=subject.workload.example_input,
+        torch_model=load_torch_export(out, subject),
+    )
+
+    tags = MlflowClient(uri).get_run(logged["run_id"]).data.tags
+    assert tags["layerpilot.torch_serialization"] == "onnx"
+    with _use_tracking_uri(uri):
+        proto = mlflow.onnx.load_model(logged["model_uri"])
+    assert any(node.op_type == "If" for node in proto.graph.node)
+    session = _open_session_of(proto)
+    split = subject.workload.eval
+    logits, _gates = session.run(None, {session.get_inputs()[0].name: split.inputs.numpy()})
+    accuracy = float((logits.argmax(1) == split.targets.numpy()).mean() * 100)
+    assert accuracy == pytest.approx(exported.candidate.accuracy, abs=1e-9)
+
+
+def _open_session_of(proto: onnx.ModelProto):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
