@@ -52,6 +52,7 @@ from agent.tracking.keys import (
 from agent.tracking.models import OnnxWriter, log_torch_model
 from agent.tracking.readers import load_search_runs
 from agent.tracking.uri import artifact_root, default_tracking_uri, store_setup_lock
+from agent.tracking.views import runs_view_state
 
 if TYPE_CHECKING:
     import torch
@@ -353,38 +354,6 @@ class Tracker:
         state = runs_view_state(parent, bound, deployed)
         self.client.set_experiment_tag(self.experiment_id, f"{VIEW_TAG_PREFIX}{parent}", state)
         return parent
-
-
-VIEW_COLUMNS = (
-    ("metrics", "speedup"),
-    ("metrics", "accuracy"),
-    ("metrics", "accuracy_drop"),
-    ("metrics", "latency_ms"),
-    ("tags", FIDELITY_TAG),
-    ("tags", PARETO_TAG),
-    ("tags", SUMMARY_TAG),
-)
-"""The runs-table columns of the saved view (``type.`key```, as the MLflow UI names them)."""
-
-
-def runs_view_state(parent_run_id: str, bound: float, deployed: str) -> str:
-    """The JSON of a saved runs-table view: the search's candidates measured at the ``deployed``
-    fidelity within ``bound`` points, fastest first (the search facets ``searchFilter`` /
-    ``orderByKey`` / ``orderByAsc``), the headline columns and every run shown (the UI state;
-    key names as MLflow 3.17's UI reads them)."""
-    return json.dumps(
-        {
-            "searchFilter": (
-                f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}' and "
-                f"tags.`{FIDELITY_TAG}` = '{deployed}' and metrics.accuracy_drop <= {bound:g}"
-            ),
-            "orderByKey": "metrics.`speedup`",
-            "orderByAsc": False,
-            "selectedColumns": [f"{kind}.`{key}`" for kind, key in VIEW_COLUMNS],
-            "runsExpanded": {parent_run_id: True},
-            "runsHiddenMode": "SHOW_ALL",
-        }
-    )
 
 
 def candidate_run_name(record: CandidateRecord) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -598,3 +599,24 @@ def test_searches_started_at_once_on_a_fresh_sqlite_store_all_open_it(tmp_path: 
             ids = pool.starmap(_open_tracker, [(uri, barrier)] * 3)
 
     assert len(set(ids)) == 1  # one schema, one experiment, three searches in it
+
+
+def test_the_saved_view_opens_on_a_speedup_accuracy_chart_of_the_candidates(tracker, tmp_path):
+    """Issue 18 (A): the chart view showed the parent's bookkeeping metrics. The saved view
+    carries a scatter of accuracy against speedup (and drop against latency), in its own
+    section, over metrics every candidate run logs."""
+    parent = tracker.start_search("ppo-digits", CONFIG, WORKLOAD, BASELINE, tmp_path)
+    run_ids = [tracker.log_candidate(ok_record(0))]
+    tracker.save_view(1.0, "none")
+    tracker.finish_search({"candidates": 1}, "FINISHED")
+
+    tags = tracker.client.get_experiment(tracker.experiment_id).tags
+    view = json.loads(tags[f"mlflow.sharedViewState.{parent}"])
+    (section,) = view["compareRunSections"]
+    charts = view["compareRunCharts"]
+    assert {c["type"] for c in charts} == {"SCATTER"}
+    assert all(c["metricSectionId"] == section["uuid"] and not c["deleted"] for c in charts)
+    axes = [(c["xaxis"]["key"], c["yaxis"]["key"]) for c in charts]
+    assert ("speedup", "accuracy") in axes
+    logged = tracker.client.get_run(run_ids[0]).data.metrics
+    assert all(x in logged and y in logged for x, y in axes)
