@@ -12,7 +12,12 @@ of surrogate-assisted NAS):
 3. `ask` proposes the best not-yet-measured strategy the policy produced recently, by predicted
    reward; with a λ-conditioned policy (λ sampled per episode and shown in the observation) the
    proposals rotate over λ bins, so one search fills the whole speed–accuracy front;
-4. `tell` adds the real measurement and refits the surrogate.
+4. `tell` adds the real measurement and refits the surrogate. A measurement at a cheap
+   fidelity teaches its *optimistic* deployed score (`agent.records.CandidateRecord.optimistic`,
+   the one promotion ranks by): the mean estimate of a heavily cut candidate lies above the
+   accuracy bound although many such candidates recover, and a policy trained on it never
+   proposes them; those that do not recover are measured at the deployed level and taught as
+   they are.
 
 Every reported figure is a real measurement; the surrogate only steers.
 """
@@ -292,7 +297,7 @@ class PPOAgent:
             return  # a failure at a higher fidelity does not erase what a lower one measured
         if record.ok and (record.estimated or record.fidelity != "none"):
             self._recovered.add(key)
-        self._observed[key] = (record.strategy, record.deployed if record.ok else None)
+        self._observed[key] = (record.strategy, taught_score(record))
         if record.ok:
             assert record.deployed_drop is not None
             self._measured[key] = (record.reward, record.strategy)
@@ -328,6 +333,14 @@ class PPOAgent:
 
     def close(self) -> None:
         self.algo.stop()
+
+
+def taught_score(record: CandidateRecord) -> Scored | None:
+    """What the surrogate learns from ``record`` (None: it failed): its *optimistic* deployed
+    score, as promotion ranks it. Optimism under uncertainty: a cheap measurement cannot tell
+    which aggressive candidates recover, and the mean estimate would teach the policy that none
+    does; a measurement at the deployed level replaces it with the truth."""
+    return record.optimistic if record.ok else None
 
 
 def latest_checkpoint(directory: Path) -> Path | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from envs.reward import Score
@@ -36,6 +36,11 @@ class CandidateRecord:
     estimated: bool = False
     """``deployed_drop`` (and so ``reward``) is an estimate from a cheaper fidelity, not a
     measurement of the deployed model."""
+    optimistic_drop: float | None = None
+    """For an estimate: the deployed drop one calibration deviation below it
+    (`agent.fidelity.Calibration.optimistic_drop`), what promotion ranks by and what the RL
+    agent learns from (optimism under uncertainty: the cheap level cannot tell which aggressive
+    candidates recover). None: ``deployed_drop``."""
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.reward):
@@ -61,6 +66,14 @@ class CandidateRecord:
             ideal_speedup=result.ideal_speedup,
             predicted=self.estimated,
         )
+
+    @property
+    def optimistic(self) -> Score | None:
+        """`deployed` at ``optimistic_drop`` (the same when there is none)."""
+        deployed = self.deployed
+        if deployed is None or self.optimistic_drop is None:
+            return deployed
+        return replace(deployed, accuracy_drop=self.optimistic_drop)
 
     @property
     def strategy(self) -> Strategy:
@@ -99,6 +112,7 @@ class CandidateRecord:
             "extras": self.extras,
             "deployed_drop": _finite_or_none(self.deployed_drop),
             "estimated": self.estimated,
+            "optimistic_drop": _finite_or_none(self.optimistic_drop),
             "outcome": self.outcome.to_dict(),
         }
 
@@ -113,6 +127,7 @@ class CandidateRecord:
             extras=dict(data.get("extras", {})),
             deployed_drop=_float_or_none(data.get("deployed_drop")),
             estimated=bool(data.get("estimated", False)),
+            optimistic_drop=_float_or_none(data.get("optimistic_drop")),
         )
 
 

@@ -290,7 +290,14 @@ def _run(
             )
             calibration = Calibration.fit(schedule, [*records, raw])
             drop, estimated_reward, estimated = estimate(raw, calibration, config.reward)
-            record = replace(raw, reward=estimated_reward, deployed_drop=drop, estimated=estimated)
+            optimistic = calibration.optimistic_drop(raw.fidelity, raw.accuracy_drop)
+            record = replace(
+                raw,
+                reward=estimated_reward,
+                deployed_drop=drop,
+                estimated=estimated,
+                optimistic_drop=optimistic if estimated and math.isfinite(optimistic) else None,
+            )
             records.append(record)
             by_key[(record.strategy.key(), record.fidelity)] = record
             log.append(record)

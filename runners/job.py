@@ -207,11 +207,25 @@ class EvalSpec:
             "threads": self.eval.threads,
             "batch_size": self.eval.latency.batch_size,
             "build": self.eval.build.scope(),  # BN re-estimation and recovery change accuracy
-            "latency": asdict(self.eval.latency)  # the protocol changes what is reported
+            "latency": _latency_scope(self.eval.latency)  # the protocol changes the figures
             if self.eval.time_latency
             else "not timed",
             **int8_scope(self.eval.runtime),
         }
+
+
+LATENCY_KEY_SINCE: dict[str, object] = {"max_spread": 0.5}
+"""Protocol fields added after caches were written that change no timed figure (``max_spread``
+only decides the ``stable`` flag): left out of the cache key at these defaults, so a cache
+written before them still matches."""
+
+
+def _latency_scope(latency: Any) -> dict[str, Any]:
+    scope = asdict(latency)
+    for name, default in LATENCY_KEY_SINCE.items():
+        if scope.get(name) == default:
+            del scope[name]
+    return scope
 
 
 @dataclass(frozen=True)

@@ -247,6 +247,9 @@ def test_search_promotes_the_truly_best_and_measures_nothing_twice(
     assert all(r.estimated for r in cheap)
     calibrated = [r for r in cheap[-10:] if r.deployed_drop is not None]
     assert sum(r.deployed_drop < r.accuracy_drop - 5 for r in calibrated) >= 8
+    # and the optimistic drop promotion ranks by (what PPO learns from), below the estimate
+    assert all(r.optimistic_drop is not None and r.optimistic_drop < r.deployed_drop for r in cheap)
+    assert best.optimistic_drop is None and best.optimistic == best.deployed
 
 
 def test_fidelity_is_on_records_cache_lines_and_mlflow_runs(

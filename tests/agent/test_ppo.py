@@ -14,7 +14,7 @@ from agent.records import CandidateRecord
 from envs.cost import probe_cost_model, probe_plan
 from envs.reward import RewardConfig, Score
 from runners.job import Outcome
-from search_spaces import canonicalize, discover_units
+from search_spaces import Strategy, canonicalize, discover_units
 from search_spaces.space import DecisionSpace
 
 from models import make_model
@@ -261,3 +261,28 @@ def test_identical_layers_share_their_probes(space: DecisionSpace, tmp_path: Pat
         assert space.steps[twin[0]].unit.name != space.steps[measured[0]].unit.name
         step, name, index = twin
         assert table.drop[step][name][index] == table.drop[measured[0]][measured[1]][measured[2]]
+
+
+def test_a_cheap_measurement_teaches_its_optimistic_deployed_drop_a_deployed_one_the_truth():
+    """Issue 16: random found 36.7x at 0.44 pt after full recovery from a candidate that lost
+    90.9 points unrecovered; the calibration's mean estimate of such a drop (2.3 pt) is above
+    the bound, so a policy taught the mean never proposes that corner. It is taught the drop
+    promotion ranks by (one deviation below), and the measurement once one exists."""
+    from agent.ppo import taught_score
+
+    strategy = Strategy({"layer1.0": {"skip": True}})
+    cheap = Outcome(strategy, "ok", {"accuracy_drop": 90.9, "speedup": 36.7}, fidelity="none")
+    estimated = CandidateRecord(
+        0, cheap, 0.0, "ppo", deployed_drop=2.3, estimated=True, optimistic_drop=0.03
+    )
+    taught = taught_score(estimated)
+    assert taught is not None and taught.accuracy_drop == 0.03 and taught.speedup == 36.7
+    assert estimated.deployed is not None and estimated.deployed.accuracy_drop == 2.3
+
+    full = Outcome(strategy, "ok", {"accuracy_drop": 0.44, "speedup": 36.7}, fidelity="full")
+    measured = CandidateRecord(1, full, 0.0, "ppo")
+    assert taught_score(measured).accuracy_drop == 0.44
+    failed = Outcome(strategy, "failed", error="RuntimeError: x", fidelity="none")
+    assert taught_score(CandidateRecord(2, failed, -200.0, "ppo")) is None
+    again = CandidateRecord.from_dict(estimated.to_dict())
+    assert again.optimistic_drop == 0.03 and again == estimated
