@@ -129,7 +129,7 @@ def main() -> None:
     per_step = (stages[-1][1] - stages[-2][1]) / k  # the difference: set-up cost cancels
     setup = stages[-2][1] - stages[-3][1] - 2 * per_step
     short_s, full_s = (none_s + setup + n * per_step for n in (40, 400))
-    search_h = (distinct * none_s + 60 * none_s + 15 * short_s + 4 * full_s) / 3600
+    search_h = (distinct * none_s + 67 * none_s + 24 * short_s + 9 * full_s) / 3600
     speedup = base.latency.median_ms / none.latency.median_ms
     lines = [
         f"# What a search of a BERT-base-sized encoder costs ({cpu_model()})",
@@ -148,8 +148,8 @@ def main() -> None:
         f"{per_step:.2f} s (the difference of the two recovered builds) after {setup:.0f} s of "
         f"set-up (the teacher's outputs), so a `short` candidate (40 steps) about {short_s:.0f} s "
         f"and a `full` one (400 steps) about {full_s:.0f} s; the probe table ({distinct} probes "
-        f"at `none`) about {distinct * none_s / 60:.0f} min. A search measuring 60 candidates "
-        "at `none`, 15 at `short` and 4 at `full` (the shape of the HF encoder example's "
+        f"at `none`) about {distinct * none_s / 60:.0f} min. A search measuring 67 candidates "
+        "at `none`, 24 at `short` and 9 at `full` (the shape of the HF encoder example's "
         f"30-minute search, `benchmarks/results/byo.md`) would take about {search_h:.1f} h "
         "on this machine.",
     ]
