@@ -197,3 +197,41 @@ def test_rerank_exports_a_candidate_that_only_recovery_brings_within_the_bound(
         json.loads((tmp_path / "b" / "export.json").read_text())["source"]["reranked"]
     )
     assert [t["index"] for t in trace] == [0]
+
+
+def test_an_export_rebuilds_on_the_search_threads_so_its_recovery_matches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The recovery fine-tune's arithmetic depends on torch's thread count: the MobileNet
+    example's candidate #219, searched on 1 thread, lost 0.89 points in the search and 0.22
+    when ``export`` rebuilt it on 2 threads. The rebuild now runs on the search's threads."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import agent.export as export_module
+    import runners.export as runners_export
+    from runners.evaluate import EvalConfig
+
+    seen: list[int] = []
+    monkeypatch.setattr(
+        runners_export, "export_candidate", lambda *a, **k: seen.append(torch.get_num_threads())
+    )
+    source = SimpleNamespace(label="s", spec=SimpleNamespace(seed=0), parent_run_id=None)
+    record = SimpleNamespace(index=3, strategy=Strategy())
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        export_module.export(
+            source,
+            record,
+            None,
+            EvalConfig(threads=1),
+            "onnx",
+            Path("out"),
+            None,  # type: ignore[arg-type]
+        )
+        assert seen == [1]
+        assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(before)
