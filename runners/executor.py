@@ -2,20 +2,23 @@
 (`runners.ray_executor`).
 
 Both executors keep persistent workers. A worker prepares the `Subject` once, measures its own
-baseline once (a speedup compares two latencies taken on the same machine), then evaluates one
-strategy at a time. Several workers may share a machine (``workers`` per executor or per Ray
-node): they build and score candidates in parallel, and their timed sections take turns under
-the host's measurement lock (`runners.measure_lock`), so no two of our latency measurements
-ever overlap on one machine. Whatever goes wrong in an evaluation (a build error, NaN outputs,
-a timeout, a segfault) comes back as a failed `Outcome`. A worker that hung or died is
-replaced and the search goes on; the candidate a worker died on is retried once on another
-worker (``max_retries``) before it is recorded as failed.
+baseline and keeps it fresh (`Evaluator`: a speedup compares two latencies taken on the same
+machine moments apart), then evaluates one strategy at a time. Several workers may share a
+machine (``workers`` per executor or per Ray node): they build and score candidates in parallel,
+and their timed sections take turns under the host's measurement lock (`runners.measure_lock`),
+so no two of our latency measurements ever overlap on one machine. Whatever goes wrong in an
+evaluation (a build error, NaN outputs, a timeout, a segfault) comes back as a failed `Outcome`.
+A worker that hung or died is replaced and the search goes on; the candidate a worker died on is
+retried once on another worker (``max_retries``) before it is recorded as failed.
 
 Strategies and outcomes cross process boundaries as their JSON dicts; the driver reads each
 back into a typed `Outcome` (its ``result`` an ``EvalResult``) as it arrives.
 
 The local executor (worker subprocesses) is in `runners.local_executor`, the Ray one in
 `runners.ray_executor`; both are built on the slot bookkeeping here.
+
+Long module: the worker side (`Evaluator`) and the driver side (the slot bookkeeping both
+executors share) speak one protocol, kept in one place.
 
 Example:
     >>> from runners.local_executor import LocalExecutor

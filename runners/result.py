@@ -11,6 +11,9 @@ Example:
     >>> result = EvalResult.of("digits-resnet", strategy, "onnxruntime-cpu", candidate, baseline)
     >>> EvalResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
     True
+
+Long module: `Measurement` and `EvalResult` are the one typed schema of a measured candidate,
+with every older shape it reads back and the doubts it can raise about its own speedup.
 """
 
 from __future__ import annotations
