@@ -249,8 +249,11 @@ def export_candidate(
 def _staging_prefix(out: Path) -> str:
     """``.<name>.partial-<host>-<pid>-``: whose staging folder it is, so a later export can tell
     a live one from one a killed process left."""
-    host = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())
-    return f".{out.name}.partial-{host}-{os.getpid()}-"
+    return f".{out.name}.partial-{_host()}-{os.getpid()}-"
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())
 
 
 def sweep_stale_staging(out: Path) -> list[Path]:
@@ -258,8 +261,7 @@ def sweep_stale_staging(out: Path) -> list[Path]:
     on this host: their process is gone, so nothing will finish or remove them. Folders of
     live processes, of other hosts (a shared file system) or of unknown shape are kept.
     Returns what was removed."""
-    host = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())
-    mine = f".{out.name}.partial-{host}-"
+    mine = f".{out.name}.partial-{_host()}-"
     removed = []
     for path in out.parent.glob(f"{glob.escape(mine)}*"):
         pid = path.name.removeprefix(mine).split("-", 1)[0]
